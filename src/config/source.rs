@@ -1,0 +1,568 @@
+//! A format-neutral document tree with the line and column of every key and
+//! value, built from TOML or YAML. Typed deserialization and validation run
+//! on this tree, so both formats report errors the same way.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+use toml::de::{DeTable, DeValue};
+
+/// A 1-based line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pos {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Pos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Node>),
+    Map(Vec<Entry>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub value: Value,
+    pub pos: Pos,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub key: String,
+    pub key_pos: Pos,
+    pub node: Node,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Toml,
+    Yaml,
+}
+
+impl Format {
+    /// Picks the format from the file name: `.yml`/`.yaml` are YAML, all
+    /// else TOML.
+    pub fn from_path(path: &std::path::Path) -> Format {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("yml") | Some("yaml") => Format::Yaml,
+            _ => Format::Toml,
+        }
+    }
+}
+
+/// A syntax error at a position of the file.
+#[derive(Debug, Clone)]
+pub struct SyntaxError {
+    pub pos: Pos,
+    pub message: String,
+}
+
+pub fn parse(text: &str, format: Format) -> Result<Node, SyntaxError> {
+    match format {
+        Format::Toml => parse_toml(text),
+        Format::Yaml => parse_yaml(text),
+    }
+}
+
+/// Byte offsets to line and column, for formats that report offsets.
+struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        LineIndex { starts }
+    }
+
+    fn pos(&self, text: &str, offset: usize) -> Pos {
+        let line = self.starts.partition_point(|&start| start <= offset).max(1);
+        let start = self.starts[line - 1];
+        let column = text
+            .get(start..offset.min(text.len()))
+            .map(|s| s.chars().count())
+            .unwrap_or(0)
+            + 1;
+        Pos { line, column }
+    }
+}
+
+fn parse_toml(text: &str) -> Result<Node, SyntaxError> {
+    let index = LineIndex::new(text);
+    let table = DeTable::parse(text).map_err(|error| SyntaxError {
+        pos: error
+            .span()
+            .map(|span| index.pos(text, span.start))
+            .unwrap_or_default(),
+        message: error.message().trim().to_string(),
+    })?;
+    let pos = index.pos(text, table.span().start);
+    let entries = toml_entries(table.get_ref(), &index, text)?;
+    Ok(Node {
+        value: Value::Map(entries),
+        pos,
+    })
+}
+
+fn toml_entries(
+    table: &DeTable<'_>,
+    index: &LineIndex,
+    text: &str,
+) -> Result<Vec<Entry>, SyntaxError> {
+    table
+        .iter()
+        .map(|(key, value)| {
+            Ok(Entry {
+                key: key.get_ref().to_string(),
+                key_pos: index.pos(text, key.span().start),
+                node: toml_node(
+                    value.get_ref(),
+                    index.pos(text, value.span().start),
+                    index,
+                    text,
+                )?,
+            })
+        })
+        .collect()
+}
+
+fn toml_node(
+    value: &DeValue<'_>,
+    pos: Pos,
+    index: &LineIndex,
+    text: &str,
+) -> Result<Node, SyntaxError> {
+    let value = match value {
+        DeValue::String(s) => Value::Str(s.to_string()),
+        DeValue::Integer(i) => {
+            let digits = i.as_str().replace('_', "");
+            let parsed = i64::from_str_radix(&digits, i.radix()).map_err(|_| SyntaxError {
+                pos,
+                message: format!("integer {} is out of range", i.as_str()),
+            })?;
+            Value::Int(parsed)
+        }
+        DeValue::Float(f) => {
+            let parsed: f64 = f
+                .as_str()
+                .replace('_', "")
+                .parse()
+                .map_err(|_| SyntaxError {
+                    pos,
+                    message: format!("invalid float {}", f.as_str()),
+                })?;
+            Value::Float(parsed)
+        }
+        DeValue::Boolean(b) => Value::Bool(*b),
+        DeValue::Datetime(d) => Value::Str(d.to_string()),
+        DeValue::Array(items) => Value::Seq(
+            items
+                .iter()
+                .map(|item| {
+                    toml_node(
+                        item.get_ref(),
+                        index.pos(text, item.span().start),
+                        index,
+                        text,
+                    )
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        DeValue::Table(table) => Value::Map(toml_entries(table, index, text)?),
+    };
+    Ok(Node { value, pos })
+}
+
+fn yaml_pos(span: &Span) -> Pos {
+    Pos {
+        line: span.start.line(),
+        column: span.start.col() + 1,
+    }
+}
+
+/// Builds the tree from the YAML parser's events. Anchors and aliases are
+/// resolved by copying the anchored node; a key given twice in one mapping
+/// is an error, as silently keeping one of them would hide a bug.
+fn parse_yaml(text: &str) -> Result<Node, SyntaxError> {
+    let mut builder = YamlBuilder::default();
+    for event in Parser::new_from_str(text) {
+        let (event, span) = event.map_err(|error| SyntaxError {
+            pos: Pos {
+                line: error.marker().line(),
+                column: error.marker().col() + 1,
+            },
+            message: error.info().to_string(),
+        })?;
+        builder.push(event, span)?;
+    }
+    Ok(builder.finish())
+}
+
+enum Frame {
+    Seq {
+        anchor: usize,
+        pos: Pos,
+        items: Vec<Node>,
+    },
+    Map {
+        anchor: usize,
+        pos: Pos,
+        entries: Vec<Entry>,
+        pending_key: Option<(String, Pos)>,
+    },
+}
+
+#[derive(Default)]
+struct YamlBuilder {
+    stack: Vec<Frame>,
+    anchors: HashMap<usize, Node>,
+    root: Option<Node>,
+    documents: usize,
+}
+
+impl YamlBuilder {
+    fn push(&mut self, event: Event<'_>, span: Span) -> Result<(), SyntaxError> {
+        let pos = yaml_pos(&span);
+        match event {
+            Event::DocumentStart(_) => {
+                self.documents += 1;
+                if self.documents > 1 {
+                    return Err(SyntaxError {
+                        pos,
+                        message: "a config file must contain one YAML document".into(),
+                    });
+                }
+                Ok(())
+            }
+            Event::Scalar(text, style, anchor, tag) => {
+                let value = if style == ScalarStyle::Plain && tag.is_none() {
+                    resolve_plain_scalar(&text)
+                } else {
+                    Value::Str(text.into_owned())
+                };
+                self.add(Node { value, pos }, anchor)
+            }
+            Event::Alias(anchor) => match self.anchors.get(&anchor) {
+                Some(node) => {
+                    let node = Node {
+                        value: node.value.clone(),
+                        pos,
+                    };
+                    self.add(node, 0)
+                }
+                None => Err(SyntaxError {
+                    pos,
+                    message: "alias to an unknown anchor".into(),
+                }),
+            },
+            Event::SequenceStart(anchor, _) => {
+                self.stack.push(Frame::Seq {
+                    anchor,
+                    pos,
+                    items: Vec::new(),
+                });
+                Ok(())
+            }
+            Event::MappingStart(anchor, _) => {
+                self.stack.push(Frame::Map {
+                    anchor,
+                    pos,
+                    entries: Vec::new(),
+                    pending_key: None,
+                });
+                Ok(())
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let (node, anchor) = match self.stack.pop() {
+                    Some(Frame::Seq { anchor, pos, items }) => (
+                        Node {
+                            value: Value::Seq(items),
+                            pos,
+                        },
+                        anchor,
+                    ),
+                    Some(Frame::Map {
+                        anchor,
+                        pos,
+                        entries,
+                        ..
+                    }) => (
+                        Node {
+                            value: Value::Map(entries),
+                            pos,
+                        },
+                        anchor,
+                    ),
+                    None => return Ok(()),
+                };
+                self.add(node, anchor)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn add(&mut self, node: Node, anchor: usize) -> Result<(), SyntaxError> {
+        if anchor != 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        match self.stack.last_mut() {
+            None => {
+                self.root = Some(node);
+                Ok(())
+            }
+            Some(Frame::Seq { items, .. }) => {
+                items.push(node);
+                Ok(())
+            }
+            Some(Frame::Map {
+                entries,
+                pending_key,
+                ..
+            }) => match pending_key.take() {
+                None => {
+                    let key = match node.value {
+                        Value::Str(s) => s,
+                        Value::Int(i) => i.to_string(),
+                        Value::Bool(b) => b.to_string(),
+                        Value::Float(f) => f.to_string(),
+                        Value::Null => "null".into(),
+                        Value::Seq(_) | Value::Map(_) => {
+                            return Err(SyntaxError {
+                                pos: node.pos,
+                                message: "mapping keys must be plain strings".into(),
+                            });
+                        }
+                    };
+                    if let Some(first) = entries.iter().find(|e| e.key == key) {
+                        return Err(SyntaxError {
+                            pos: node.pos,
+                            message: format!(
+                                "duplicate key `{key}` (first given at line {})",
+                                first.key_pos.line
+                            ),
+                        });
+                    }
+                    *pending_key = Some((key, node.pos));
+                    Ok(())
+                }
+                Some((key, key_pos)) => {
+                    entries.push(Entry { key, key_pos, node });
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    fn finish(self) -> Node {
+        self.root.unwrap_or(Node {
+            value: Value::Map(Vec::new()),
+            pos: Pos { line: 1, column: 1 },
+        })
+    }
+}
+
+/// Resolves a plain YAML scalar with the YAML 1.2 core schema: `on`, `off`,
+/// `yes` and `no` stay strings.
+fn resolve_plain_scalar(text: &str) -> Value {
+    match text {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "true" | "True" | "TRUE" => return Value::Bool(true),
+        "false" | "False" | "FALSE" => return Value::Bool(false),
+        _ => {}
+    }
+    let unsigned = text.strip_prefix(['+', '-']).unwrap_or(text);
+    let looks_numeric = unsigned.starts_with(|c: char| c.is_ascii_digit() || c == '.');
+    if looks_numeric {
+        if let Some(hex) = text.strip_prefix("0x") {
+            if let Ok(i) = i64::from_str_radix(hex, 16) {
+                return Value::Int(i);
+            }
+        }
+        if let Some(octal) = text.strip_prefix("0o") {
+            if let Ok(i) = i64::from_str_radix(octal, 8) {
+                return Value::Int(i);
+            }
+        }
+        if let Ok(i) = text.parse::<i64>() {
+            return Value::Int(i);
+        }
+        if unsigned
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'))
+        {
+            if let Ok(f) = text.parse::<f64>() {
+                return Value::Float(f);
+            }
+        }
+    }
+    Value::Str(text.to_string())
+}
+
+/// Joins a key path the way errors print it: `a.b[3].c`.
+pub fn join_key(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+pub fn join_index(parent: &str, index: usize) -> String {
+    format!("{parent}[{index}]")
+}
+
+/// Key path → position of the key (for map entries) or value (for items).
+#[derive(Debug, Default, Clone)]
+pub struct Positions {
+    map: HashMap<String, Pos>,
+}
+
+impl Positions {
+    pub fn collect(root: &Node) -> Positions {
+        let mut positions = Positions::default();
+        positions.map.insert(String::new(), root.pos);
+        positions.walk(root, "");
+        positions
+    }
+
+    fn walk(&mut self, node: &Node, path: &str) {
+        match &node.value {
+            Value::Map(entries) => {
+                for entry in entries {
+                    let child = join_key(path, &entry.key);
+                    self.map.insert(child.clone(), entry.key_pos);
+                    self.walk(&entry.node, &child);
+                }
+            }
+            Value::Seq(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let child = join_index(path, i);
+                    self.map.insert(child.clone(), item.pos);
+                    self.walk(item, &child);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The position of `path`, or of its nearest ancestor present in the file.
+    pub fn find(&self, path: &str) -> Pos {
+        let mut current = path;
+        loop {
+            if let Some(pos) = self.map.get(current) {
+                return *pos;
+            }
+            match current.rfind(['.', '[']) {
+                Some(cut) => current = &current[..cut],
+                None => return self.map.get("").copied().unwrap_or_default(),
+            }
+        }
+    }
+}
+
+/// Converts the tree to JSON for typed deserialization. A `null` map value
+/// counts as absent, as it does in Navigator.
+pub fn to_json(node: &Node) -> serde_json::Value {
+    use serde_json::Value as J;
+    match &node.value {
+        Value::Null => J::Null,
+        Value::Bool(b) => J::Bool(*b),
+        Value::Int(i) => J::from(*i),
+        Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map(J::Number)
+            .unwrap_or(J::Null),
+        Value::Str(s) => J::String(s.clone()),
+        Value::Seq(items) => J::Array(items.iter().map(to_json).collect()),
+        Value::Map(entries) => J::Object(
+            entries
+                .iter()
+                .filter(|entry| entry.node.value != Value::Null)
+                .map(|entry| (entry.key.clone(), to_json(&entry.node)))
+                .collect(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_positions_of_keys() {
+        let text = "[server]\nlisten = 9999\n\n[[applications.tenants]]\npath = \"/a/\"\n";
+        let root = parse(text, Format::Toml).unwrap();
+        let positions = Positions::collect(&root);
+        assert_eq!(positions.find("server.listen"), Pos { line: 2, column: 1 });
+        assert_eq!(
+            positions.find("applications.tenants[0].path"),
+            Pos { line: 5, column: 1 }
+        );
+        assert_eq!(
+            positions.find("applications.tenants[0].nope"),
+            Pos { line: 4, column: 1 }
+        );
+    }
+
+    #[test]
+    fn yaml_positions_of_keys() {
+        let text = "server:\n  listen: 9999\napplications:\n  tenants:\n  - path: /a/\n    var:\n      database: a\n";
+        let root = parse(text, Format::Yaml).unwrap();
+        let positions = Positions::collect(&root);
+        assert_eq!(positions.find("server.listen"), Pos { line: 2, column: 3 });
+        assert_eq!(
+            positions.find("applications.tenants[0].var.database"),
+            Pos { line: 7, column: 7 }
+        );
+    }
+
+    #[test]
+    fn yaml_scalars_follow_core_schema() {
+        let text = "a: off\nb: 'true'\nc: true\nd: 12\ne: 1.5\nf: ~\ng: 2s\nh: 0x10\n";
+        let json = to_json(&parse(text, Format::Yaml).unwrap());
+        assert_eq!(json["a"], "off");
+        assert_eq!(json["b"], "true");
+        assert_eq!(json["c"], true);
+        assert_eq!(json["d"], 12);
+        assert_eq!(json["e"], 1.5);
+        assert!(json.get("f").is_none());
+        assert_eq!(json["g"], "2s");
+        assert_eq!(json["h"], 16);
+    }
+
+    #[test]
+    fn yaml_duplicate_key_rejected() {
+        let error = parse("a: 1\nb: 2\na: 3\n", Format::Yaml).unwrap_err();
+        assert_eq!(error.pos.line, 3);
+        assert!(
+            error.message.contains("duplicate key `a`"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn yaml_aliases_copy_anchored_node() {
+        let text = "base: &env\n  A: 1\nother: *env\n";
+        let json = to_json(&parse(text, Format::Yaml).unwrap());
+        assert_eq!(json["other"]["A"], 1);
+    }
+
+    #[test]
+    fn toml_syntax_error_has_position() {
+        let error = parse("[server]\nlisten = = 3\n", Format::Toml).unwrap_err();
+        assert_eq!(error.pos.line, 2);
+    }
+}

@@ -1,0 +1,4 @@
+//! navigator: a front server and process supervisor for multi-tenant
+//! Rails deployments.
+
+pub mod config;
