@@ -1,1 +1,92 @@
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use navigator::{cli, config, run};
+
+/// Front server and process supervisor for multi-tenant Rails deployments.
+#[derive(Parser)]
+#[command(name = "navigator", version, args_conflicts_with_subcommands = true)]
+struct Args {
+    /// Config file (TOML, or Navigator YAML with .yml/.yaml); default
+    /// config/navigator.toml, then config/navigator.yml.
+    #[arg(value_name = "CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Config file, as an option.
+    #[arg(short = 'c', long = "config", value_name = "CONFIG", conflicts_with = "config")]
+    config_option: Option<PathBuf>,
+
+    /// Send a signal to the running server: `reload` (SIGHUP).
+    #[arg(short = 's', value_name = "SIGNAL", value_parser = ["reload"])]
+    signal: Option<String>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and validate a config, print a summary; exit 2 when invalid.
+    Check { config: Option<PathBuf> },
+    /// Print the TOML equivalent of a Navigator YAML config.
+    Convert { file: PathBuf },
+    /// Ask the running server to reload its config (SIGHUP to the pid in
+    /// the pid file).
+    Reload {
+        /// Pid file of the running server; default: the config's
+        /// server.pid_file, else /tmp/navigator.pid.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        config: Option<PathBuf>,
+    },
+    /// Run the built-in demo tenant (a stand-in for a Rails app).
+    #[command(hide = true)]
+    DemoTenant {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let code = match args.command {
+        Some(Command::Check { config }) => cli::check(&config.unwrap_or_else(config::default_path)),
+        Some(Command::Convert { file }) => cli::convert(&file),
+        Some(Command::Reload { pid_file, config }) => cli::signal_reload(&pid_file_for(pid_file, config)),
+        Some(Command::DemoTenant { args }) => navigator::demo::run_blocking(&args),
+        None => {
+            let config = args.config.or(args.config_option);
+            if args.signal.is_some() {
+                cli::signal_reload(&pid_file_for(None, config))
+            } else {
+                serve(config.unwrap_or_else(config::default_path))
+            }
+        }
+    };
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn serve(config: PathBuf) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return 1;
+        }
+    };
+    runtime.block_on(run::run(config))
+}
+
+/// The pid file named on the command line, else the one the config names,
+/// else the default.
+fn pid_file_for(explicit: Option<PathBuf>, config: Option<PathBuf>) -> PathBuf {
+    if let Some(path) = explicit {
+        return path;
+    }
+    let config = config.unwrap_or_else(config::default_path);
+    config::load(&config)
+        .map(|loaded| loaded.config.server.pid_file)
+        .unwrap_or_else(|_| PathBuf::from("/tmp/navigator.pid"))
+}

@@ -1,0 +1,146 @@
+//! One access-log record per request, written when the response body has
+//! been sent, or when the client goes away first (status 499).
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tracing::info;
+
+use crate::body::{Body, BoxError};
+
+/// The tracing target of access-log records.
+pub const TARGET: &str = "navigator::access";
+
+/// How a request was answered, as the access log and metrics name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Static,
+    Proxy,
+    FlyReplay,
+    Redirect,
+    Rewrite,
+    Maintenance,
+    AuthFailure,
+    Cgi,
+    WebSocket,
+    Health,
+    BotBlocked,
+    Broadcast,
+    ReverseProxy,
+    NotFound,
+    Error,
+}
+
+impl Answer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Answer::Static => "static",
+            Answer::Proxy => "proxy",
+            Answer::FlyReplay => "fly-replay",
+            Answer::Redirect => "redirect",
+            Answer::Rewrite => "rewrite",
+            Answer::Maintenance => "maintenance",
+            Answer::AuthFailure => "auth-failure",
+            Answer::Cgi => "cgi",
+            Answer::WebSocket => "websocket",
+            Answer::Health => "health",
+            Answer::BotBlocked => "bot-blocked",
+            Answer::Broadcast => "broadcast",
+            Answer::ReverseProxy => "reverse-proxy",
+            Answer::NotFound => "not-found",
+            Answer::Error => "error",
+        }
+    }
+}
+
+/// The fields of one record, filled in as the request moves through the
+/// pipeline. Dropping it writes the record.
+#[derive(Debug)]
+pub struct AccessRecord {
+    pub started: Instant,
+    pub client: IpAddr,
+    pub user: Option<String>,
+    pub method: Method,
+    pub uri: String,
+    pub version: Version,
+    pub request_id: HeaderValue,
+    pub user_agent: Option<HeaderValue>,
+    pub referer: Option<HeaderValue>,
+    pub tenant: Option<String>,
+    pub answer: Answer,
+    /// The file, upstream or rule that answered.
+    pub target: Option<String>,
+    /// `None` until a response exists; a record dropped without one is a
+    /// client that disconnected while waiting (499).
+    pub status: Option<u16>,
+    pub bytes: u64,
+}
+
+impl Drop for AccessRecord {
+    fn drop(&mut self) {
+        let status = self.status.unwrap_or(499);
+        info!(
+            target: TARGET,
+            client = %self.client,
+            user = self.user.as_deref().unwrap_or("-"),
+            method = %self.method,
+            uri = %self.uri,
+            protocol = ?self.version,
+            status,
+            bytes = self.bytes,
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            request_id = self.request_id.to_str().unwrap_or("-"),
+            user_agent = header_text(&self.user_agent),
+            referer = header_text(&self.referer),
+            tenant = self.tenant.as_deref().unwrap_or("-"),
+            answer = self.answer.as_str(),
+            target = self.target.as_deref().unwrap_or("-"),
+            "request"
+        );
+    }
+}
+
+fn header_text(value: &Option<HeaderValue>) -> &str {
+    value.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-")
+}
+
+/// Wraps `body` so the record is written once the body has been sent or
+/// dropped, with the number of bytes that went out.
+pub fn log_on_completion(body: Body, mut record: AccessRecord, status: u16) -> Body {
+    record.status = Some(status);
+    CountingBody { inner: body, record }.boxed()
+}
+
+struct CountingBody {
+    inner: Body,
+    record: AccessRecord,
+}
+
+impl HttpBody for CountingBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.record.bytes += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,146 @@
+//! Command-line subcommands other than running the server: `check`,
+//! `convert` and `reload`.
+
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::compile::Snapshot;
+use crate::config::{self, source};
+
+/// Exit code for a usage or config error.
+pub const EXIT_CONFIG: i32 = 2;
+
+/// `navigator check`: loads and validates the config and prints a summary.
+pub fn check(path: &Path) -> i32 {
+    let snapshot = match crate::compile::load_snapshot(path) {
+        Ok(snapshot) => snapshot,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: invalid ({} error{})", path.display(), errors.0.len(), plural(errors.0.len()));
+            return EXIT_CONFIG;
+        }
+    };
+    print!("{}", summary(path, &snapshot));
+    let warnings = missing_files(&snapshot);
+    for warning in &warnings {
+        println!("warning: {warning}");
+    }
+    println!("{}: ok", path.display());
+    0
+}
+
+fn plural(count: usize) -> &'static str {
+    if count == 1 { "" } else { "s" }
+}
+
+/// The counts `check` prints.
+pub fn summary(path: &Path, snapshot: &Snapshot) -> String {
+    let config = &snapshot.config;
+    let rows = [
+        ("listen", config.server.listen.to_string()),
+        ("root_path", display_or_none(&snapshot.root_path)),
+        ("tenants", snapshot.tenants.len().to_string()),
+        ("redirects", snapshot.path_rules.redirects.len().to_string()),
+        ("rewrites", snapshot.path_rules.rewrites.len().to_string()),
+        ("fly replay rules", snapshot.replay.rules.len().to_string()),
+        ("reverse proxies", snapshot.reverse_proxies.len().to_string()),
+        ("cgi scripts", snapshot.cgi.len().to_string()),
+        ("auth", if snapshot.auth.enabled { "on".into() } else { "off".into() }),
+        ("auth patterns", snapshot.auth.patterns.len().to_string()),
+        ("public paths", snapshot.auth.public_paths.len().to_string()),
+        ("managed processes", config.managed_processes.len().to_string()),
+        ("max processes", snapshot.pools.max_size.to_string()),
+        ("maintenance", if snapshot.maintenance_enabled { "on".into() } else { "off".into() }),
+    ];
+    let mut out = format!("{}\n", path.display());
+    for (name, value) in rows {
+        out.push_str(&format!("  {name:<18} {value}\n"));
+    }
+    out
+}
+
+fn display_or_none(text: &str) -> String {
+    if text.is_empty() { "(none)".into() } else { text.into() }
+}
+
+/// Files the config names that do not exist: warnings in `check`, errors
+/// later where the feature needs them.
+pub fn missing_files(snapshot: &Snapshot) -> Vec<String> {
+    let config = &snapshot.config;
+    let mut named: Vec<(String, PathBuf)> = Vec::new();
+    if let Some(files) = &snapshot.static_files {
+        named.push(("server.static.public_dir".into(), files.public_dir().to_path_buf()));
+    }
+    if let Some(htpasswd) = &snapshot.auth.htpasswd {
+        named.push(("auth.htpasswd".into(), htpasswd.clone()));
+    }
+    for (i, script) in config.server.cgi_scripts.iter().enumerate() {
+        named.push((format!("server.cgi_scripts[{i}].script"), script.script.clone()));
+    }
+    if let Some(tls) = &config.server.tls {
+        named.push(("server.tls.cert".into(), tls.cert.clone()));
+        named.push(("server.tls.key".into(), tls.key.clone()));
+    }
+    named
+        .into_iter()
+        .filter(|(_, path)| !path.exists())
+        .map(|(key, path)| format!("{key}: {} does not exist", path.display()))
+        .collect()
+}
+
+/// `navigator convert FILE.yml`: prints the equivalent TOML, keeping
+/// `${...}` templates as written.
+pub fn convert(path: &Path) -> i32 {
+    if let Err(errors) = config::load(path) {
+        eprintln!("{errors}");
+        return EXIT_CONFIG;
+    }
+    match convert_to_toml(path) {
+        Ok(text) => {
+            print!("{text}");
+            0
+        }
+        Err(message) => {
+            eprintln!("{}: {message}", path.display());
+            EXIT_CONFIG
+        }
+    }
+}
+
+/// Converts the file at `path` (either format) to TOML text.
+pub fn convert_to_toml(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    let tree = source::parse(&text, source::Format::from_path(path)).map_err(|e| format!("{}: {}", e.pos, e.message))?;
+    let json = source::to_json(&tree);
+    toml::to_string_pretty(&json).map_err(|e| format!("cannot write TOML: {e}"))
+}
+
+/// `navigator -s reload`: sends SIGHUP to the pid in the pid file.
+pub fn signal_reload(pid_file: &Path) -> i32 {
+    let text = match std::fs::read_to_string(pid_file) {
+        Ok(text) => text,
+        Err(error) => {
+            eprintln!("cannot read pid file {}: {error}; is navigator running?", pid_file.display());
+            return 1;
+        }
+    };
+    let pid: i32 = match text.trim().parse() {
+        Ok(pid) if pid > 0 => pid,
+        _ => {
+            eprintln!("pid file {} does not contain a process id", pid_file.display());
+            return 1;
+        }
+    };
+    match kill(Pid::from_raw(pid), Signal::SIGHUP) {
+        Ok(()) => {
+            println!("sent SIGHUP to navigator (pid {pid})");
+            0
+        }
+        Err(error) => {
+            eprintln!("cannot signal pid {pid} from {}: {error}", pid_file.display());
+            1
+        }
+    }
+}

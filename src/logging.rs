@@ -1,0 +1,122 @@
+//! tracing setup: text or JSON output, switchable on reload, with the
+//! level from `LOG_LEVEL` or `RUST_LOG`.
+
+use std::fmt::Write as _;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::{self as tracing_fmt, FmtContext};
+use tracing_subscriber::layer::{Layered, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
+
+use crate::config::schema::LogFormat;
+
+/// The tracing target of lines captured from child processes.
+pub const OUTPUT_TARGET: &str = "navigator::output";
+
+type Base = Layered<EnvFilter, Registry>;
+type BoxedLayer = Box<dyn Layer<Base> + Send + Sync>;
+
+/// Switches the output format of the installed subscriber.
+pub struct LogControl {
+    handle: reload::Handle<BoxedLayer, Base>,
+    format: std::sync::Mutex<LogFormat>,
+}
+
+impl LogControl {
+    pub fn set_format(&self, format: LogFormat) {
+        let mut current = self.format.lock().unwrap_or_else(|p| p.into_inner());
+        if *current == format {
+            return;
+        }
+        if let Err(error) = self.handle.reload(make_layer(format)) {
+            tracing::warn!(error = %error, "cannot switch the log format");
+            return;
+        }
+        *current = format;
+    }
+}
+
+fn filter() -> EnvFilter {
+    let directive = std::env::var("LOG_LEVEL")
+        .ok()
+        .map(|level| level.to_ascii_lowercase())
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".to_string());
+    EnvFilter::try_new(&directive).unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+fn make_layer(format: LogFormat) -> BoxedLayer {
+    match format {
+        LogFormat::Json => tracing_fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Text => tracing_fmt::layer()
+            .event_format(TextFormat::default())
+            .with_writer(std::io::stderr)
+            .boxed(),
+    }
+}
+
+/// Installs the global subscriber; call once at startup.
+pub fn init(format: LogFormat) -> LogControl {
+    let (layer, handle) = reload::Layer::new(make_layer(format));
+    let _ = tracing_subscriber::registry().with(filter()).with(layer).try_init();
+    LogControl {
+        handle,
+        format: std::sync::Mutex::new(format),
+    }
+}
+
+/// The default text format, except that child-process lines print as
+/// `[tenant.stream] line`, the way Navigator shows them.
+#[derive(Default)]
+struct TextFormat {
+    inner: format::Format<format::Full>,
+}
+
+impl<S, N> FormatEvent<S, N> for TextFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
+        if event.metadata().target() == OUTPUT_TARGET {
+            let mut line = OutputLine::default();
+            event.record(&mut line);
+            return writeln!(writer, "[{}.{}] {}", line.tenant, line.stream, line.message);
+        }
+        self.inner.format_event(ctx, writer, event)
+    }
+}
+
+#[derive(Default)]
+struct OutputLine {
+    tenant: String,
+    stream: String,
+    message: String,
+}
+
+impl Visit for OutputLine {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "tenant" | "process" => self.tenant = value.to_string(),
+            "stream" => self.stream = value.to_string(),
+            "message" => self.message = value.to_string(),
+            _ => {}
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let mut text = String::new();
+        let _ = write!(text, "{value:?}");
+        self.record_str(field, &text);
+    }
+}

@@ -1,0 +1,400 @@
+//! The request pipeline. [`route`] lists every step in the order they run;
+//! the first step that answers ends the request. The order is a security
+//! property (authentication before every routing decision, static files
+//! before maintenance, bots after static files), so it lives in this one
+//! function and nowhere else.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{HOST, REFERER, USER_AGENT};
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use tracing::{error, warn};
+
+use crate::access_log::{self, AccessRecord, Answer};
+use crate::app::App;
+use crate::body::{self, Body};
+use crate::canonical;
+use crate::compile::{Snapshot, TenantSpec};
+use crate::proxy::{self, Forward, Forwarding, ProxyError, headers::X_REQUEST_ID};
+use crate::responses;
+use crate::supervisor::tenants::AcquireError;
+
+/// Facts about the connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Per-request state shared by the steps.
+pub struct RequestContext {
+    pub snapshot: Arc<Snapshot>,
+    pub connection: Connection,
+    pub request_id: HeaderValue,
+    pub record: AccessRecord,
+}
+
+/// Serves one request: runs the pipeline and attaches the access-log
+/// record to the response body.
+pub async fn handle(app: Arc<App>, connection: Connection, request: Request<Incoming>) -> Response<Body> {
+    let snapshot = app.snapshot();
+    let request_id = request_id(&request);
+    let record = AccessRecord {
+        started: Instant::now(),
+        client: client_address(&snapshot, &connection, &request),
+        user: None,
+        method: request.method().clone(),
+        uri: request.uri().to_string(),
+        version: request.version(),
+        request_id: request_id.clone(),
+        user_agent: request.headers().get(USER_AGENT).cloned(),
+        referer: request.headers().get(REFERER).cloned(),
+        tenant: None,
+        answer: Answer::Error,
+        target: None,
+        status: None,
+    };
+    let mut context = RequestContext {
+        snapshot,
+        connection,
+        request_id,
+        record,
+    };
+
+    let mut response = route(&app, &mut context, request).await;
+
+    response.headers_mut().insert(X_REQUEST_ID, context.request_id.clone());
+    let status = response.status().as_u16();
+    let (parts, body) = response.into_parts();
+    Response::from_parts(parts, access_log::log_on_completion(body, context.record, status))
+}
+
+/// The pipeline, step by step.
+async fn route(app: &App, context: &mut RequestContext, request: Request<Incoming>) -> Response<Body> {
+    let snapshot = context.snapshot.clone();
+    let (head, body) = request.into_parts();
+
+    // 0. Canonical path: every later step matches this one decoded path.
+    let path = match canonical::canonicalize(head.uri.path()) {
+        Ok(path) => path,
+        Err(error) => {
+            context.record.answer = Answer::Error;
+            return responses::bad_request(&error.to_string());
+        }
+    };
+
+    // 1. Request id: assigned in `handle`, sent upstream and logged.
+
+    // 2. Health check.
+    if let Some(response) = health_check(&snapshot, context, &path) {
+        return response;
+    }
+
+    // 3. Broadcast endpoint (loopback peers only).
+    // TODO: the built-in cable's broadcast endpoint answers here.
+
+    // 4. Authentication.
+    // TODO: htpasswd authentication answers 401 here, before any routing.
+
+    // 5. Cable endpoint.
+    // TODO: the built-in cable's WebSocket endpoint answers here.
+
+    // 6. Redirects, rewrites, Fly-Replay, trailing-slash redirects.
+    if let Some(response) = redirect(&snapshot, context, &path, &head) {
+        return response;
+    }
+    let rewritten = snapshot.path_rules.rewrite(&path, &head.method);
+    if let Some(target) = &rewritten {
+        if !is_clean_path(target) {
+            context.record.answer = Answer::Rewrite;
+            return responses::bad_request("the rewritten path is not a clean absolute path");
+        }
+    }
+    let path = rewritten.clone().unwrap_or(path);
+    // TODO: Fly-Replay rules answer here (first match in config order).
+    if let Some(response) = trailing_slash_redirect(&snapshot, context, &path, &head) {
+        return response;
+    }
+
+    // 7. CGI scripts.
+    // TODO: CGI scripts configured for this exact path answer here.
+
+    // 8. Reverse proxy routes.
+    // TODO: reverse proxy routes answer here (first match).
+
+    // 9. Static files, also during maintenance.
+    if let Some(response) = static_file(&snapshot, context, &path, &head).await {
+        return response;
+    }
+
+    // 10. Maintenance mode.
+    if snapshot.maintenance_enabled {
+        context.record.answer = Answer::Maintenance;
+        return maintenance_page(&snapshot, 30).await;
+    }
+
+    // 11. Bot detection.
+    // TODO: bot detection (global, per-tenant override) answers 403 here.
+
+    // 12. Tenant by longest path prefix.
+    if let Some(tenant) = snapshot.tenants.find(&path).cloned() {
+        let upstream_path = upstream_path_and_query(&head, rewritten.as_deref());
+        let request = Request::from_parts(head, body);
+        return proxy_to_tenant(app, context, &tenant, request, &upstream_path).await;
+    }
+
+    // 13. Nothing matched.
+    context.record.answer = Answer::NotFound;
+    responses::not_found()
+}
+
+/// Keeps a sane incoming `X-Request-Id`, else makes a new one.
+fn request_id(request: &Request<Incoming>) -> HeaderValue {
+    let incoming = request.headers().get(X_REQUEST_ID).filter(|value| {
+        let bytes = value.as_bytes();
+        !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
+    });
+    if let Some(value) = incoming {
+        return value.clone();
+    }
+    let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("-"))
+}
+
+/// The client address for logs: the socket peer, or with `trust_proxy`
+/// the first `X-Forwarded-For` entry.
+fn client_address(snapshot: &Snapshot, connection: &Connection, request: &Request<Incoming>) -> std::net::IpAddr {
+    if snapshot.config.server.trust_proxy {
+        let forwarded = request
+            .headers()
+            .get(proxy::headers::X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|first| first.trim().parse().ok());
+        if let Some(address) = forwarded {
+            return address;
+        }
+    }
+    connection.peer.ip()
+}
+
+fn health_check(snapshot: &Snapshot, context: &mut RequestContext, path: &str) -> Option<Response<Body>> {
+    let health = snapshot.health.as_ref()?;
+    if health.path != path {
+        return None;
+    }
+    let synthetic = health.response.as_ref()?;
+    context.record.answer = Answer::Health;
+    let mut response = Response::new(body::full(synthetic.body.clone()));
+    *response.status_mut() = synthetic.status;
+    *response.headers_mut() = synthetic.headers.clone();
+    Some(response)
+}
+
+fn redirect(
+    snapshot: &Snapshot,
+    context: &mut RequestContext,
+    path: &str,
+    request: &http::request::Parts,
+) -> Option<Response<Body>> {
+    let (rule, location) = snapshot.path_rules.redirect(path, &request.method)?;
+    context.record.answer = Answer::Redirect;
+    context.record.target = Some(location.clone());
+    let location = with_query(location, request.uri.query());
+    Some(responses::redirect(rule.status, &location))
+}
+
+/// Redirects `root_path` and tenant paths requested without their final
+/// `/`: 301 for GET and HEAD, 308 otherwise so the method and body stay.
+fn trailing_slash_redirect(
+    snapshot: &Snapshot,
+    context: &mut RequestContext,
+    path: &str,
+    request: &http::request::Parts,
+) -> Option<Response<Body>> {
+    if !snapshot.needs_trailing_slash(path) {
+        return None;
+    }
+    let status = if matches!(request.method, Method::GET | Method::HEAD) {
+        StatusCode::MOVED_PERMANENTLY
+    } else {
+        StatusCode::PERMANENT_REDIRECT
+    };
+    context.record.answer = Answer::Redirect;
+    let location = with_query(format!("{}/", encode_path(path)), request.uri.query());
+    context.record.target = Some(location.clone());
+    Some(responses::redirect(status, &location))
+}
+
+fn with_query(location: String, query: Option<&str>) -> String {
+    match query {
+        Some(query) if !location.contains('?') => format!("{location}?{query}"),
+        _ => location,
+    }
+}
+
+async fn static_file(
+    snapshot: &Snapshot,
+    context: &mut RequestContext,
+    path: &str,
+    request: &http::request::Parts,
+) -> Option<Response<Body>> {
+    let files = snapshot.static_files.as_ref()?;
+    let response = files.serve(path, request).await?;
+    context.record.answer = Answer::Static;
+    context.record.target = Some(path.to_string());
+    Some(response)
+}
+
+/// The maintenance page from `public_dir`, else the built-in one.
+pub async fn maintenance_page(snapshot: &Snapshot, retry_after_secs: u64) -> Response<Body> {
+    let page = match &snapshot.static_files {
+        Some(files) => files.read_page(&snapshot.maintenance_page).await,
+        None => None,
+    };
+    responses::maintenance(page, retry_after_secs)
+}
+
+/// Characters escaped when a decoded path is sent upstream again.
+const PATH_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'<').add(b'>').add(b'?').add(b'`').add(b'{').add(b'}').add(b'%');
+
+fn encode_path(path: &str) -> String {
+    utf8_percent_encode(path, PATH_ESCAPES).to_string()
+}
+
+/// Whether a rewritten path is absolute with no empty, `.` or `..` segment.
+fn is_clean_path(path: &str) -> bool {
+    path.starts_with('/')
+        && !path.contains("//")
+        && !path.contains('\\')
+        && !path.contains('\0')
+        && path.split('/').all(|segment| segment != "." && segment != "..")
+}
+
+/// The path and query sent upstream: the original ones unchanged, or the
+/// rewritten path with the original query.
+fn upstream_path_and_query(request: &http::request::Parts, rewritten: Option<&str>) -> String {
+    match rewritten {
+        Some(path) => with_query(encode_path(path), request.uri.query()),
+        None => request
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str().to_string())
+            .unwrap_or_else(|| "/".to_string()),
+    }
+}
+
+async fn proxy_to_tenant(
+    app: &App,
+    context: &mut RequestContext,
+    tenant: &Arc<TenantSpec>,
+    request: Request<Incoming>,
+    upstream_path: &str,
+) -> Response<Body> {
+    context.record.tenant = Some(tenant.name.clone());
+    context.record.answer = Answer::Proxy;
+
+    let lease = match app.supervisor.acquire(tenant).await {
+        Ok(lease) => lease,
+        Err(AcquireError::StartupTimeout) => {
+            context.record.answer = Answer::Maintenance;
+            return maintenance_page(&context.snapshot, 5).await;
+        }
+        Err(AcquireError::ShuttingDown) => {
+            context.record.answer = Answer::Maintenance;
+            return maintenance_page(&context.snapshot, 5).await;
+        }
+        Err(AcquireError::StartFailed(reason)) => {
+            warn!(tenant = %tenant.name, request_id = ?context.request_id, error = %reason, "tenant unavailable");
+            context.record.answer = Answer::Error;
+            return responses::error_page(
+                StatusCode::BAD_GATEWAY,
+                "The application for this page failed to start. It will be retried shortly.",
+            );
+        }
+    };
+
+    let port = lease.port();
+    context.record.target = Some(format!("127.0.0.1:{port}"));
+    let websocket = proxy::headers::is_websocket_upgrade(request.headers());
+    if websocket {
+        context.record.answer = Answer::WebSocket;
+    }
+    let guard: proxy::Guard = if websocket && tenant.track_websockets {
+        Box::new((lease.websocket(), lease))
+    } else {
+        Box::new(lease)
+    };
+    let authority = match Authority::try_from(format!("127.0.0.1:{port}")) {
+        Ok(authority) => authority,
+        Err(error) => {
+            error!(tenant = %tenant.name, port, error = %error, "cannot form upstream address");
+            return responses::error_page(StatusCode::INTERNAL_SERVER_ERROR, "Internal error.");
+        }
+    };
+    let forwarding = Forwarding {
+        peer: context.connection.peer.ip(),
+        tls: context.connection.tls,
+        trust_proxy: context.snapshot.config.server.trust_proxy,
+    };
+    let host = request.headers().get(HOST).cloned();
+    let target = Forward {
+        scheme: Scheme::HTTP,
+        authority,
+        path_and_query: upstream_path,
+        forwarding,
+        request_id: &context.request_id,
+        guard,
+    };
+    match proxy::forward(&app.client, request, target).await {
+        Ok(response) => response,
+        Err(error) => {
+            let status = match error {
+                ProxyError::InvalidTarget(_) => StatusCode::BAD_REQUEST,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            warn!(
+                tenant = %tenant.name,
+                port,
+                host = ?host,
+                request_id = ?context.request_id,
+                error = %error,
+                "proxying to tenant failed"
+            );
+            context.record.answer = Answer::Error;
+            responses::error_page(status, "The application did not answer this request.")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_path_rules() {
+        assert!(is_clean_path("/showcase/assets/a.js"));
+        assert!(!is_clean_path("showcase"));
+        assert!(!is_clean_path("/a//b"));
+        assert!(!is_clean_path("/a/../b"));
+        assert!(!is_clean_path("/a/."));
+    }
+
+    #[test]
+    fn query_appended_only_once() {
+        assert_eq!(with_query("/a".into(), Some("x=1")), "/a?x=1");
+        assert_eq!(with_query("/a?y=2".into(), Some("x=1")), "/a?y=2");
+        assert_eq!(with_query("/a".into(), None), "/a");
+    }
+
+    #[test]
+    fn decoded_paths_reencoded_for_upstream() {
+        assert_eq!(encode_path("/café/a b"), "/caf%C3%A9/a%20b");
+        assert_eq!(encode_path("/100%"), "/100%25");
+    }
+}

@@ -1,0 +1,213 @@
+//! Header rules for requests sent upstream and responses sent back:
+//! hop-by-hop removal and the `X-Forwarded-*` family.
+
+use std::net::IpAddr;
+
+use http::header::{CONNECTION, HOST, UPGRADE};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Headers that describe one connection, not the message (RFC 9110 7.6.1),
+/// plus the `Proxy-*` and `Keep-Alive` headers that older peers send.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Facts about the client connection that upstream headers carry.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarding {
+    pub peer: IpAddr,
+    pub tls: bool,
+    pub trust_proxy: bool,
+}
+
+/// Whether the request asks for a WebSocket upgrade; other upgrade
+/// protocols (`h2c` above all) are never honoured.
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    let upgrade = headers
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket")));
+    upgrade && connection_has_token(headers, "upgrade")
+}
+
+fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers and every header named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Rewrites request headers for the upstream. `host` is the request's host
+/// (the `Host` header, or the URI authority for HTTP/2); `websocket` keeps
+/// the upgrade headers a tunnel needs.
+pub fn prepare_request(
+    headers: &mut HeaderMap,
+    host: Option<&HeaderValue>,
+    forwarding: Forwarding,
+    request_id: &HeaderValue,
+    websocket: bool,
+) {
+    remove_hop_by_hop(headers);
+    if websocket {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    if let Some(host) = host {
+        if !headers.contains_key(HOST) {
+            headers.insert(HOST, host.clone());
+        }
+    }
+
+    let peer = HeaderValue::from_str(&forwarding.peer.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+    let forwarded_for = match headers.get(X_FORWARDED_FOR).filter(|_| forwarding.trust_proxy) {
+        Some(existing) => {
+            let mut chain = existing.as_bytes().to_vec();
+            chain.extend_from_slice(b", ");
+            chain.extend_from_slice(peer.as_bytes());
+            HeaderValue::from_bytes(&chain).unwrap_or(peer)
+        }
+        None => peer,
+    };
+    headers.insert(X_FORWARDED_FOR, forwarded_for);
+
+    if !(forwarding.trust_proxy && headers.contains_key(X_FORWARDED_PROTO)) {
+        let proto = if forwarding.tls { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if !(forwarding.trust_proxy && headers.contains_key(X_FORWARDED_HOST)) {
+        match host {
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST, host.clone());
+            }
+            None => {
+                headers.remove(X_FORWARDED_HOST);
+            }
+        }
+    }
+    headers.insert(X_REQUEST_ID, request_id.clone());
+}
+
+/// Rewrites response headers from the upstream; a 101 keeps its upgrade
+/// headers so the client can switch protocols.
+pub fn prepare_response(headers: &mut HeaderMap, switching_protocols: bool) {
+    let upgrade = headers.get(UPGRADE).cloned();
+    remove_hop_by_hop(headers);
+    if switching_protocols {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(upgrade) = upgrade {
+            headers.insert(UPGRADE, upgrade);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarding(trust_proxy: bool) -> Forwarding {
+        Forwarding {
+            peer: "10.0.0.7".parse().unwrap(),
+            tls: false,
+            trust_proxy,
+        }
+    }
+
+    fn request_headers() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(HOST, HeaderValue::from_static("example.test"));
+        headers.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        headers.insert(X_FORWARDED_HOST, HeaderValue::from_static("spoofed.test"));
+        headers
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_removed() {
+        let mut headers = request_headers();
+        let host = headers.get(HOST).cloned();
+        prepare_request(&mut headers, host.as_ref(), forwarding(false), &HeaderValue::from_static("id"), false);
+        for name in ["connection", "x-secret", "keep-alive", "transfer-encoding"] {
+            assert!(!headers.contains_key(name), "{name} should be removed");
+        }
+        assert_eq!(headers[HOST], "example.test");
+        assert_eq!(headers[X_REQUEST_ID], "id");
+    }
+
+    #[test]
+    fn untrusted_forwarded_headers_replaced() {
+        let mut headers = request_headers();
+        let host = headers.get(HOST).cloned();
+        prepare_request(&mut headers, host.as_ref(), forwarding(false), &HeaderValue::from_static("id"), false);
+        assert_eq!(headers[X_FORWARDED_FOR], "10.0.0.7");
+        assert_eq!(headers[X_FORWARDED_PROTO], "http");
+        assert_eq!(headers[X_FORWARDED_HOST], "example.test");
+    }
+
+    #[test]
+    fn trusted_forwarded_headers_kept() {
+        let mut headers = request_headers();
+        let host = headers.get(HOST).cloned();
+        prepare_request(&mut headers, host.as_ref(), forwarding(true), &HeaderValue::from_static("id"), false);
+        assert_eq!(headers[X_FORWARDED_FOR], "1.2.3.4, 10.0.0.7");
+        assert_eq!(headers[X_FORWARDED_PROTO], "https");
+        assert_eq!(headers[X_FORWARDED_HOST], "spoofed.test");
+    }
+
+    #[test]
+    fn websocket_upgrade_detected_h2c_not() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_websocket_upgrade(&headers));
+        headers.insert(UPGRADE, HeaderValue::from_static("h2c"));
+        assert!(!is_websocket_upgrade(&headers));
+    }
+
+    #[test]
+    fn websocket_headers_survive_for_tunnel() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert("sec-websocket-key", HeaderValue::from_static("abc"));
+        prepare_request(&mut headers, None, forwarding(false), &HeaderValue::from_static("id"), true);
+        assert_eq!(headers[UPGRADE], "websocket");
+        assert_eq!(headers[CONNECTION], "upgrade");
+        assert_eq!(headers["sec-websocket-key"], "abc");
+    }
+}

@@ -1,0 +1,193 @@
+//! Forwarding a request to an upstream (a tenant process on loopback) over
+//! a pooled HTTP/1.1 client, and WebSocket upgrades as raw tunnels.
+
+pub mod headers;
+
+use std::any::Any;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::HOST;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client as LegacyClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tracing::{debug, warn};
+
+use crate::body::{Body, BoxError};
+pub use headers::Forwarding;
+
+pub type Client = LegacyClient<HttpConnector, Body>;
+
+/// Something kept alive while a response body streams or a tunnel is open:
+/// a tenant lease, a WebSocket activity counter.
+pub type Guard = Box<dyn Any + Send + Sync>;
+
+/// Builds the pooled client used for every tenant.
+pub fn new_client() -> Client {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    LegacyClient::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(64)
+        .retry_canceled_requests(true)
+        .set_host(false)
+        .build(connector)
+}
+
+#[derive(Debug)]
+pub enum ProxyError {
+    /// Nothing accepted the connection: the upstream is down.
+    Connect(String),
+    /// The upstream accepted but failed before sending a response head.
+    Upstream(String),
+    /// The request cannot be expressed as an upstream URI.
+    InvalidTarget(String),
+}
+
+impl std::fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProxyError::Connect(e) => write!(f, "connect failed: {e}"),
+            ProxyError::Upstream(e) => write!(f, "upstream failed: {e}"),
+            ProxyError::InvalidTarget(e) => write!(f, "invalid upstream target: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ProxyError {}
+
+/// One request to forward.
+pub struct Forward<'a> {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Path and query sent upstream.
+    pub path_and_query: &'a str,
+    pub forwarding: Forwarding,
+    pub request_id: &'a HeaderValue,
+    /// Kept until the response body ends, or the tunnel closes.
+    pub guard: Guard,
+}
+
+/// Sends `request` upstream and returns the upstream's response. A
+/// WebSocket upgrade answered with 101 becomes a tunnel task that copies
+/// bytes both ways until either side closes.
+pub async fn forward(client: &Client, mut request: Request<Incoming>, target: Forward<'_>) -> Result<Response<Body>, ProxyError> {
+    let websocket = headers::is_websocket_upgrade(request.headers());
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
+
+    let (mut parts, body) = request.into_parts();
+    let host = parts
+        .headers
+        .get(HOST)
+        .cloned()
+        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    headers::prepare_request(&mut parts.headers, host.as_ref(), target.forwarding, target.request_id, websocket);
+
+    let path_and_query = PathAndQuery::try_from(target.path_and_query)
+        .map_err(|e| ProxyError::InvalidTarget(format!("{}: {e}", target.path_and_query)))?;
+    parts.uri = Uri::builder()
+        .scheme(target.scheme)
+        .authority(target.authority)
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| ProxyError::InvalidTarget(e.to_string()))?;
+    parts.version = Version::HTTP_11;
+
+    let body: Body = if websocket {
+        crate::body::empty()
+    } else {
+        body.map_err(|e| Box::new(e) as BoxError).boxed()
+    };
+
+    let mut response = client.request(Request::from_parts(parts, body)).await.map_err(|error| {
+        let detail = error_chain(&error);
+        if error.is_connect() {
+            ProxyError::Connect(detail)
+        } else {
+            ProxyError::Upstream(detail)
+        }
+    })?;
+
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let guard = target.guard;
+        tokio::spawn(async move {
+            run_tunnel(client_upgrade, upstream_upgrade).await;
+            drop(guard);
+        });
+        let (mut parts, _) = response.into_parts();
+        headers::prepare_response(&mut parts.headers, true);
+        return Ok(Response::from_parts(parts, crate::body::empty()));
+    }
+
+    let (mut parts, body) = response.into_parts();
+    headers::prepare_response(&mut parts.headers, false);
+    let body = GuardedBody {
+        inner: body,
+        _guard: target.guard,
+    };
+    Ok(Response::from_parts(parts, body.boxed()))
+}
+
+async fn run_tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(error) => {
+            warn!(error = %error, "WebSocket upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((sent, received)) => debug!(sent, received, "WebSocket tunnel closed"),
+        Err(error) => debug!(error = %error, "WebSocket tunnel ended with an error"),
+    }
+}
+
+/// The error and its sources on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// An upstream response body that keeps a guard alive until it is
+/// finished or dropped, so a lease covers the whole response.
+struct GuardedBody {
+    inner: Incoming,
+    _guard: Guard,
+}
+
+impl HttpBody for GuardedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(|e| Box::new(e) as BoxError)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,815 @@
+//! The tenant supervisor: one slot per tenant, holding its phase
+//! (stopped, starting, running, stopping). Requests obtain leases on a
+//! running instance; a lease counts the request in flight and releases on
+//! drop, which makes idle reaping and LRU eviction exact.
+//!
+//! Ownership: each running process is owned by one monitor task, which
+//! alone waits on it and stops it. Slots only hold `Arc<Instance>` handles
+//! and ask the monitor to stop through a channel. Slot mutexes are never
+//! held across an `.await`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, watch};
+use tracing::{error, info, warn};
+
+use super::pidfile;
+use super::ports::{PortLease, PortPool};
+use super::process::{self, ChildProcess, SpawnSpec};
+use super::readiness::{self, ReadyError};
+use crate::compile::{PoolSettings, Snapshot, TenantSpec};
+use crate::config::expand::fill_port;
+
+/// Longest wait between restarts of a tenant that keeps failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// A process that ran at least this long before exiting on its own resets
+/// the failure count: it was not crash-looping.
+const STABLE_UPTIME: Duration = Duration::from_secs(60);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Why a request could not get a lease.
+#[derive(Debug, Clone)]
+pub enum AcquireError {
+    /// Not ready within the tenant's `startup_timeout`; the start goes on.
+    StartupTimeout,
+    /// The start failed; the message says why (exit status, stderr tail).
+    StartFailed(Arc<str>),
+    /// Navigator is shutting down.
+    ShuttingDown,
+}
+
+#[derive(Debug, Clone)]
+enum StartStatus {
+    Pending,
+    Ready,
+    Failed(Arc<str>),
+}
+
+/// One running tenant process.
+#[derive(Debug)]
+pub struct Instance {
+    id: u64,
+    pub spec: Arc<TenantSpec>,
+    pub port: u16,
+    pub pid: u32,
+    pub started_at: Instant,
+    in_flight: AtomicUsize,
+    websockets: AtomicUsize,
+    /// Milliseconds since the supervisor's epoch.
+    last_activity: AtomicU64,
+    requests: AtomicU64,
+    /// Stop as soon as no request is in flight (replaced or removed tenant).
+    draining: AtomicBool,
+    stop_requested: watch::Sender<bool>,
+    /// Becomes true once the process has exited and been cleaned up.
+    exited: watch::Sender<bool>,
+    epoch: Instant,
+}
+
+impl Instance {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn touch(&self) {
+        self.last_activity.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn is_idle(&self) -> bool {
+        let websockets_hold = self.spec.track_websockets && self.websockets.load(Ordering::Relaxed) > 0;
+        self.in_flight.load(Ordering::Acquire) == 0 && !websockets_hold
+    }
+
+    fn idle_for(&self) -> Duration {
+        Duration::from_millis(self.now_ms().saturating_sub(self.last_activity.load(Ordering::Relaxed)))
+    }
+
+    fn request_stop(&self) {
+        self.stop_requested.send_replace(true);
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stop_requested.borrow()
+    }
+
+    fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            self.request_stop();
+        }
+    }
+
+    async fn wait_exited(&self) {
+        let mut exited = self.exited.subscribe();
+        let _ = exited.wait_for(|done| *done).await;
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// A request's hold on a running instance.
+#[derive(Debug)]
+pub struct Lease {
+    instance: Arc<Instance>,
+}
+
+impl Lease {
+    pub fn port(&self) -> u16 {
+        self.instance.port
+    }
+
+    pub fn instance(&self) -> &Arc<Instance> {
+        &self.instance
+    }
+
+    /// Marks an open WebSocket tunnel; while the returned guard lives the
+    /// tenant counts as active (when `track_websockets` is on).
+    pub fn websocket(&self) -> WebSocketGuard {
+        self.instance.websockets.fetch_add(1, Ordering::Relaxed);
+        WebSocketGuard {
+            instance: self.instance.clone(),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.instance.touch();
+        let before = self.instance.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if before == 1 && self.instance.draining.load(Ordering::Acquire) {
+            self.instance.request_stop();
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct WebSocketGuard {
+    instance: Arc<Instance>,
+}
+
+impl Drop for WebSocketGuard {
+    fn drop(&mut self) {
+        self.instance.touch();
+        self.instance.websockets.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+enum Phase {
+    Stopped,
+    Starting(watch::Receiver<StartStatus>),
+    Running(Arc<Instance>),
+    Stopping(Arc<Instance>),
+}
+
+struct SlotState {
+    phase: Phase,
+    /// Consecutive failed starts or early exits.
+    failures: u32,
+    last_failure: Option<Instant>,
+}
+
+struct Slot {
+    name: String,
+    state: Mutex<SlotState>,
+}
+
+/// Counts tenant processes against `pools.max_size`.
+struct PoolGate {
+    used: Mutex<usize>,
+    max: AtomicUsize,
+    freed: Notify,
+}
+
+impl PoolGate {
+    fn try_take(&self) -> bool {
+        let mut used = lock(&self.used);
+        if *used < self.max.load(Ordering::Relaxed) {
+            *used += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn release(&self) {
+        let mut used = lock(&self.used);
+        *used = used.saturating_sub(1);
+        drop(used);
+        self.freed.notify_waiters();
+    }
+}
+
+/// Frees a pool place when the process that held it is gone.
+struct GatePermit(Weak<Supervisor>);
+
+impl Drop for GatePermit {
+    fn drop(&mut self) {
+        if let Some(supervisor) = self.0.upgrade() {
+            supervisor.gate.release();
+        }
+    }
+}
+
+/// A tenant as the status page and metrics see it.
+#[derive(Debug, Clone)]
+pub struct TenantStatus {
+    pub name: String,
+    pub state: &'static str,
+    pub port: Option<u16>,
+    pub pid: Option<u32>,
+    pub uptime: Option<Duration>,
+    pub idle_for: Option<Duration>,
+    pub in_flight: usize,
+    pub requests: u64,
+}
+
+pub struct Supervisor {
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Every live instance, including draining ones, by id.
+    instances: Mutex<HashMap<u64, Arc<Instance>>>,
+    gate: PoolGate,
+    ports: Mutex<Arc<PortPool>>,
+    settings: Mutex<PoolSettings>,
+    /// Wakes the idle reaper when settings change or shutdown begins.
+    reaper_wake: Notify,
+    shutting_down: AtomicBool,
+    epoch: Instant,
+    next_id: AtomicU64,
+    /// Counters for the status page and metrics.
+    pub starts: AtomicU64,
+    pub start_failures: AtomicU64,
+    pub stops: AtomicU64,
+    weak_self: Weak<Supervisor>,
+}
+
+impl Supervisor {
+    pub fn new(settings: &PoolSettings) -> Arc<Supervisor> {
+        Arc::new_cyclic(|weak_self| Supervisor {
+            slots: Mutex::new(HashMap::new()),
+            instances: Mutex::new(HashMap::new()),
+            gate: PoolGate {
+                used: Mutex::new(0),
+                max: AtomicUsize::new(settings.max_size),
+                freed: Notify::new(),
+            },
+            ports: Mutex::new(Arc::new(PortPool::new(settings.start_port, settings.end_port))),
+            settings: Mutex::new(settings.clone()),
+            reaper_wake: Notify::new(),
+            shutting_down: AtomicBool::new(false),
+            epoch: Instant::now(),
+            next_id: AtomicU64::new(1),
+            starts: AtomicU64::new(0),
+            start_failures: AtomicU64::new(0),
+            stops: AtomicU64::new(0),
+            weak_self: weak_self.clone(),
+        })
+    }
+
+    fn this(&self) -> Arc<Supervisor> {
+        self.weak_self.upgrade().expect("supervisor used after drop")
+    }
+
+    fn slot(&self, name: &str) -> Arc<Slot> {
+        let mut slots = lock(&self.slots);
+        if let Some(slot) = slots.get(name) {
+            return slot.clone();
+        }
+        let slot = Arc::new(Slot {
+            name: name.to_string(),
+            state: Mutex::new(SlotState {
+                phase: Phase::Stopped,
+                failures: 0,
+                last_failure: None,
+            }),
+        });
+        slots.insert(name.to_string(), slot.clone());
+        slot
+    }
+
+    /// Returns a lease on a running process of `spec`, starting one if
+    /// needed. Waits at most the tenant's `startup_timeout`.
+    pub async fn acquire(&self, spec: &Arc<TenantSpec>) -> Result<Lease, AcquireError> {
+        let deadline = tokio::time::Instant::now() + spec.startup_timeout;
+        let slot = self.slot(&spec.name);
+        loop {
+            if self.shutting_down.load(Ordering::Acquire) {
+                return Err(AcquireError::ShuttingDown);
+            }
+            let wait = {
+                let mut state = lock(&slot.state);
+                match &state.phase {
+                    Phase::Running(instance) if instance.spec.launch == spec.launch && !instance.stopping() => {
+                        instance.in_flight.fetch_add(1, Ordering::AcqRel);
+                        instance.requests.fetch_add(1, Ordering::Relaxed);
+                        instance.touch();
+                        return Ok(Lease {
+                            instance: instance.clone(),
+                        });
+                    }
+                    Phase::Running(instance) => {
+                        let old = instance.clone();
+                        self.replace_changed(&mut state, &old, spec)
+                    }
+                    Phase::Starting(status) => Wait::Start(status.clone()),
+                    Phase::Stopping(instance) => Wait::Exit(instance.clone()),
+                    Phase::Stopped => {
+                        let (sender, receiver) = watch::channel(StartStatus::Pending);
+                        state.phase = Phase::Starting(receiver.clone());
+                        let supervisor = self.this();
+                        let slot = slot.clone();
+                        let spec = spec.clone();
+                        tokio::spawn(async move { supervisor.start(slot, spec, sender).await });
+                        Wait::Start(receiver)
+                    }
+                }
+            };
+
+            match wait {
+                Wait::Again => continue,
+                Wait::Start(mut status) => {
+                    let outcome = tokio::time::timeout_at(
+                        deadline,
+                        status.wait_for(|s| !matches!(s, StartStatus::Pending)),
+                    )
+                    .await;
+                    match outcome {
+                        Err(_) => return Err(AcquireError::StartupTimeout),
+                        Ok(Err(_)) => continue,
+                        Ok(Ok(status)) => {
+                            if let StartStatus::Failed(message) = &*status {
+                                return Err(AcquireError::StartFailed(message.clone()));
+                            }
+                        }
+                    }
+                }
+                Wait::Exit(instance) => {
+                    if tokio::time::timeout_at(deadline, instance.wait_exited()).await.is_err() {
+                        return Err(AcquireError::StartupTimeout);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles a running instance whose launch spec differs from the
+    /// current config: it drains while a new process starts. When both
+    /// would share a PIDFILE they cannot overlap (Rails refuses to boot
+    /// beside a live pid), so the old one stops first.
+    fn replace_changed(&self, state: &mut SlotState, old: &Arc<Instance>, spec: &Arc<TenantSpec>) -> Wait {
+        info!(tenant = %spec.name, pid = old.pid, "launch spec changed; replacing the tenant process");
+        let shared_pidfile = old.spec.pidfile.is_some() && old.spec.pidfile == spec.pidfile;
+        if shared_pidfile {
+            state.phase = Phase::Stopping(old.clone());
+            old.request_stop();
+            Wait::Exit(old.clone())
+        } else {
+            old.drain();
+            state.phase = Phase::Stopped;
+            Wait::Again
+        }
+    }
+
+    /// Starts one process for `slot` and reports the outcome to every
+    /// request waiting on `status`.
+    async fn start(self: Arc<Self>, slot: Arc<Slot>, spec: Arc<TenantSpec>, status: watch::Sender<StartStatus>) {
+        let backoff = {
+            let state = lock(&slot.state);
+            backoff_remaining(state.failures, state.last_failure)
+        };
+        if !backoff.is_zero() {
+            info!(tenant = %spec.name, delay_ms = backoff.as_millis() as u64, "delaying restart after failures");
+            tokio::time::sleep(backoff).await;
+        }
+
+        let result = self.launch(&spec).await;
+        let mut state = lock(&slot.state);
+        match result {
+            Ok(instance) => {
+                if self.shutting_down.load(Ordering::Acquire) {
+                    instance.request_stop();
+                    state.phase = Phase::Stopping(instance);
+                    status.send_replace(StartStatus::Failed("navigator is shutting down".into()));
+                    return;
+                }
+                state.phase = Phase::Running(instance);
+                status.send_replace(StartStatus::Ready);
+            }
+            Err(message) => {
+                self.start_failures.fetch_add(1, Ordering::Relaxed);
+                state.failures = state.failures.saturating_add(1);
+                state.last_failure = Some(Instant::now());
+                state.phase = Phase::Stopped;
+                let next = backoff_for(state.failures);
+                error!(
+                    tenant = %spec.name,
+                    failures = state.failures,
+                    retry_after_ms = next.as_millis() as u64,
+                    error = %message,
+                    "tenant failed to start"
+                );
+                status.send_replace(StartStatus::Failed(message.into()));
+            }
+        }
+    }
+
+    /// Takes a pool place, a port and the PIDFILE, spawns the process and
+    /// waits until it answers.
+    async fn launch(&self, spec: &Arc<TenantSpec>) -> Result<Arc<Instance>, String> {
+        let permit = self.take_pool_place(spec).await?;
+        let ports = lock(&self.ports).clone();
+        let port_lease = ports.acquire().map_err(|e| format!("no port for tenant {}: {e}", spec.name))?;
+        let port = port_lease.port();
+
+        if let Some(path) = &spec.pidfile {
+            let cwd = spec.launch.cwd.as_deref();
+            pidfile::prepare(path, &spec.launch.program, cwd).await?;
+        }
+
+        let spawn_spec = SpawnSpec {
+            label: spec.name.clone(),
+            program: fill_port(&spec.launch.program, port),
+            args: spec.launch.args.iter().map(|arg| fill_port(arg, port)).collect(),
+            cwd: spec.launch.cwd.clone(),
+            env: spec
+                .launch
+                .env
+                .iter()
+                .map(|(name, value)| (name.clone(), fill_port(value, port)))
+                .collect(),
+        };
+        let child = process::spawn(&spawn_spec, process::OutputSink::for_tenant(&spec.name))
+            .map_err(|e| e.to_string())?;
+        self.starts.fetch_add(1, Ordering::Relaxed);
+        let started_at = Instant::now();
+        let (stop_requested, _) = watch::channel(false);
+        let (exited, _) = watch::channel(false);
+        let instance = Arc::new(Instance {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            spec: spec.clone(),
+            port,
+            pid: child.pid(),
+            started_at,
+            in_flight: AtomicUsize::new(0),
+            websockets: AtomicUsize::new(0),
+            last_activity: AtomicU64::new(self.epoch.elapsed().as_millis() as u64),
+            requests: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            stop_requested,
+            exited,
+            epoch: self.epoch,
+        });
+        info!(tenant = %spec.name, pid = instance.pid, port, "tenant process started");
+        lock(&self.instances).insert(instance.id, instance.clone());
+
+        let (exit_report, mut exit_status) = watch::channel(None::<String>);
+        let monitor = Monitor {
+            supervisor: self.this(),
+            instance: instance.clone(),
+            child,
+            _port: port_lease,
+            _permit: permit,
+            exit_report,
+        };
+        tokio::spawn(monitor.run());
+
+        let exited = async move {
+            let _ = exit_status.wait_for(|s| s.is_some()).await;
+            let report = exit_status.borrow().clone();
+            report.unwrap_or_default()
+        };
+        tokio::pin!(exited);
+
+        if !spec.start_delay.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(spec.start_delay) => {}
+                report = &mut exited => return Err(format!("exited during start_delay: {report}")),
+            }
+        }
+
+        let deadline = spec.ready_timeout.saturating_sub(started_at.elapsed());
+        match readiness::wait_ready(port, &spec.health_check, deadline, exited).await {
+            Ok(elapsed) => {
+                info!(
+                    tenant = %spec.name,
+                    pid = instance.pid,
+                    port,
+                    ready_ms = started_at.elapsed().as_millis() as u64,
+                    probe_ms = elapsed.as_millis() as u64,
+                    "tenant ready"
+                );
+                Ok(instance)
+            }
+            Err(error) => {
+                instance.request_stop();
+                let message = match error {
+                    ReadyError::Exited(report) => format!("exited before it was ready: {report}"),
+                    ReadyError::Timeout => format!(
+                        "not ready within {} ms (no HTTP answer on port {port} at {})",
+                        spec.ready_timeout.as_millis(),
+                        spec.health_check
+                    ),
+                };
+                Err(message)
+            }
+        }
+    }
+
+    /// Takes a place in the pool, first stopping the least recently used
+    /// idle tenant when the pool is full.
+    async fn take_pool_place(&self, spec: &TenantSpec) -> Result<GatePermit, String> {
+        let deadline = tokio::time::Instant::now() + spec.ready_timeout;
+        loop {
+            let freed = self.gate.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.gate.try_take() {
+                return Ok(GatePermit(self.weak_self.clone()));
+            }
+            match self.least_recently_used_idle(&spec.name) {
+                Some(victim) => {
+                    info!(
+                        tenant = %victim.spec.name,
+                        pid = victim.pid,
+                        for_tenant = %spec.name,
+                        "stopping least recently used tenant to make room"
+                    );
+                    self.stop_instance(&victim);
+                    victim.wait_exited().await;
+                }
+                None => {
+                    if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                        let max = self.gate.max.load(Ordering::Relaxed);
+                        return Err(format!("all {max} pool places are busy (pools.max_size)"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn least_recently_used_idle(&self, except: &str) -> Option<Arc<Instance>> {
+        lock(&self.instances)
+            .values()
+            .filter(|i| i.spec.name != except && i.is_idle() && !i.stopping())
+            .max_by_key(|i| i.idle_for())
+            .cloned()
+    }
+
+    /// Asks `instance` to stop; requests for its tenant wait for the exit.
+    fn stop_instance(&self, instance: &Arc<Instance>) {
+        let slot = self.slot(&instance.spec.name);
+        let mut state = lock(&slot.state);
+        if let Phase::Running(current) = &state.phase {
+            if current.id == instance.id {
+                state.phase = Phase::Stopping(instance.clone());
+            }
+        }
+        drop(state);
+        instance.request_stop();
+    }
+
+    /// Called by a monitor when its process is gone.
+    fn on_exit(&self, instance: &Arc<Instance>, unexpected: bool) {
+        lock(&self.instances).remove(&instance.id);
+        self.stops.fetch_add(1, Ordering::Relaxed);
+        let slot = self.slot(&instance.spec.name);
+        let mut state = lock(&slot.state);
+        let current = match &state.phase {
+            Phase::Running(current) | Phase::Stopping(current) => current.id == instance.id,
+            _ => false,
+        };
+        if current {
+            state.phase = Phase::Stopped;
+        }
+        if unexpected && current {
+            if instance.started_at.elapsed() < STABLE_UPTIME {
+                state.failures = state.failures.saturating_add(1);
+                state.last_failure = Some(Instant::now());
+            } else {
+                state.failures = 0;
+            }
+        } else if !unexpected {
+            state.failures = 0;
+        }
+    }
+
+    /// Stops idle tenants after `pools.timeout`; runs until shutdown.
+    pub async fn run_idle_reaper(self: Arc<Self>) {
+        loop {
+            if self.shutting_down.load(Ordering::Acquire) {
+                return;
+            }
+            let timeout = lock(&self.settings).idle_timeout;
+            let mut next_check = Duration::from_secs(3600);
+            if !timeout.is_zero() {
+                let candidates: Vec<Arc<Instance>> = lock(&self.instances).values().cloned().collect();
+                for instance in candidates {
+                    if instance.stopping() {
+                        continue;
+                    }
+                    if !instance.is_idle() {
+                        next_check = next_check.min(timeout);
+                        continue;
+                    }
+                    let idle = instance.idle_for();
+                    if idle >= timeout {
+                        info!(
+                            tenant = %instance.spec.name,
+                            pid = instance.pid,
+                            idle_secs = idle.as_secs(),
+                            "stopping idle tenant"
+                        );
+                        self.stop_instance(&instance);
+                    } else {
+                        next_check = next_check.min(timeout - idle);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(next_check + Duration::from_millis(5)) => {}
+                _ = self.reaper_wake.notified() => {}
+            }
+        }
+    }
+
+    /// Applies a new config: pool settings now, and tenants that are gone
+    /// from it drain and stop. Changed tenants are replaced on their next
+    /// request.
+    pub fn apply(&self, snapshot: &Snapshot) {
+        let settings = snapshot.pools.clone();
+        self.gate.max.store(settings.max_size, Ordering::Relaxed);
+        {
+            let mut ports = lock(&self.ports);
+            if ports.range() != (settings.start_port, settings.end_port) {
+                *ports = Arc::new(PortPool::new(settings.start_port, settings.end_port));
+            }
+        }
+        *lock(&self.settings) = settings;
+        self.gate.freed.notify_waiters();
+        self.reaper_wake.notify_one();
+
+        let instances: Vec<Arc<Instance>> = lock(&self.instances).values().cloned().collect();
+        for instance in instances {
+            let still_configured = snapshot
+                .tenants
+                .by_name(&instance.spec.name)
+                .is_some_and(|spec| spec.path == instance.spec.path);
+            if !still_configured {
+                info!(tenant = %instance.spec.name, pid = instance.pid, "tenant removed from config; stopping once idle");
+                let slot = self.slot(&instance.spec.name);
+                let mut state = lock(&slot.state);
+                if let Phase::Running(current) = &state.phase {
+                    if current.id == instance.id {
+                        state.phase = Phase::Stopped;
+                    }
+                }
+                drop(state);
+                instance.drain();
+            }
+        }
+    }
+
+    /// Stops every tenant process in parallel and waits for them.
+    pub async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        self.reaper_wake.notify_one();
+        let instances: Vec<Arc<Instance>> = lock(&self.instances).values().cloned().collect();
+        for instance in &instances {
+            self.stop_instance(instance);
+        }
+        for instance in &instances {
+            instance.wait_exited().await;
+        }
+    }
+
+    /// The state of every tenant that has a slot.
+    pub fn status(&self) -> Vec<TenantStatus> {
+        let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
+        let mut list: Vec<TenantStatus> = slots
+            .iter()
+            .map(|slot| {
+                let state = lock(&slot.state);
+                let (name, instance) = match &state.phase {
+                    Phase::Stopped => ("stopped", None),
+                    Phase::Starting(_) => ("starting", None),
+                    Phase::Running(i) => ("running", Some(i.clone())),
+                    Phase::Stopping(i) => ("stopping", Some(i.clone())),
+                };
+                TenantStatus {
+                    name: slot.name.clone(),
+                    state: name,
+                    port: instance.as_ref().map(|i| i.port),
+                    pid: instance.as_ref().map(|i| i.pid),
+                    uptime: instance.as_ref().map(|i| i.started_at.elapsed()),
+                    idle_for: instance.as_ref().map(|i| i.idle_for()),
+                    in_flight: instance.as_ref().map_or(0, |i| i.in_flight()),
+                    requests: instance.as_ref().map_or(0, |i| i.requests()),
+                }
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    /// Live instances, including ones draining after a reload.
+    pub fn instances(&self) -> Vec<Arc<Instance>> {
+        lock(&self.instances).values().cloned().collect()
+    }
+}
+
+enum Wait {
+    Again,
+    Start(watch::Receiver<StartStatus>),
+    Exit(Arc<Instance>),
+}
+
+fn backoff_for(failures: u32) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let exponent = (failures - 1).min(6);
+    (Duration::from_secs(1) * 2u32.pow(exponent)).min(MAX_BACKOFF)
+}
+
+fn backoff_remaining(failures: u32, last_failure: Option<Instant>) -> Duration {
+    match last_failure {
+        Some(at) => backoff_for(failures).saturating_sub(at.elapsed()),
+        None => Duration::ZERO,
+    }
+}
+
+/// Owns one child process: waits for it, stops it on request, and cleans
+/// up (pool place, port, PIDFILE) once it is gone.
+struct Monitor {
+    supervisor: Arc<Supervisor>,
+    instance: Arc<Instance>,
+    child: ChildProcess,
+    _port: PortLease,
+    _permit: GatePermit,
+    exit_report: watch::Sender<Option<String>>,
+}
+
+impl Monitor {
+    async fn run(mut self) {
+        let mut stop = self.instance.stop_requested.subscribe();
+        let name = self.instance.spec.name.clone();
+        let pid = self.instance.pid;
+        let grace = lock(&self.supervisor.settings).grace_period;
+
+        let (status, unexpected) = tokio::select! {
+            status = self.child.wait() => (status, true),
+            _ = stop.wait_for(|requested| *requested) => {
+                // TODO: run the tenant stop hooks here, before SIGTERM.
+                (self.child.stop(grace).await, false)
+            }
+        };
+        let report = match &status {
+            Ok(status) => status.to_string(),
+            Err(error) => format!("wait failed: {error}"),
+        };
+        if unexpected {
+            let tail = self.child.stderr_tail();
+            warn!(tenant = %name, pid, status = %report, stderr = ?tail, "tenant process exited unexpectedly");
+        } else {
+            info!(tenant = %name, pid, status = %report, "tenant process stopped");
+        }
+        let report = if unexpected {
+            let tail = self.child.stderr_tail();
+            if tail.is_empty() { report } else { format!("{report}; stderr: {}", tail.join(" | ")) }
+        } else {
+            report
+        };
+
+        if let Some(path) = &self.instance.spec.pidfile {
+            pidfile::remove(path);
+        }
+        self.exit_report.send_replace(Some(report));
+        self.supervisor.on_exit(&self.instance, unexpected);
+        drop(self._port);
+        drop(self._permit);
+        self.instance.exited.send_replace(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_minute() {
+        let delays: Vec<u64> = (0..9).map(|n| backoff_for(n).as_secs()).collect();
+        assert_eq!(delays, vec![0, 1, 2, 4, 8, 16, 32, 60, 60]);
+    }
+}

@@ -1,0 +1,118 @@
+//! The command line: `check`, `convert`, config errors at startup, and
+//! `--version`.
+
+mod support;
+
+use std::process::Command;
+
+use support::{NAVIGATOR, Showcase};
+
+fn run(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
+    let output = Command::new(NAVIGATOR).args(args).current_dir(dir).output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn broken_config_refused_with_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broken.toml");
+    std::fs::write(&config, "[server]\nlisten = 3000\n\n[applications.pools]\nmax_sise = 4\n").unwrap();
+    let (code, _, stderr) = run(&["--config", config.to_str().unwrap()], dir.path());
+    assert_eq!(code, 2);
+    assert!(stderr.contains("broken.toml:5:1"), "{stderr}");
+    assert!(stderr.contains("applications.pools.max_sise"), "{stderr}");
+    assert!(stderr.contains("did you mean `max_size`?"), "{stderr}");
+}
+
+#[test]
+fn invalid_regex_refused_by_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nav.yml");
+    std::fs::write(
+        &config,
+        "server:\n  listen: 3000\nroutes:\n  fly:\n    replay:\n    - path: ^/showcase/(2025\n      region: syd\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run(&["check", config.to_str().unwrap()], dir.path());
+    assert_eq!(code, 2);
+    assert!(stderr.contains("nav.yml:6:"), "{stderr}");
+    assert!(stderr.contains("routes.fly.replay[0].path"), "{stderr}");
+    assert!(stderr.contains("invalid regex"), "{stderr}");
+}
+
+#[test]
+fn check_summarizes_generated_showcase() {
+    let dir = tempfile::tempdir().unwrap();
+    let showcase = Showcase {
+        events: 320,
+        ..Showcase::default()
+    };
+    let config = dir.path().join("showcase.toml");
+    support::write_config(&config, &showcase.toml(), dir.path());
+    let (code, stdout, stderr) = run(&["check", config.to_str().unwrap()], dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("tenants            321"), "{stdout}");
+    assert!(stdout.contains("warning: server.static.public_dir"), "{stdout}");
+}
+
+#[test]
+fn convert_yaml_gives_loadable_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = dir.path().join("navigator.yml");
+    std::fs::write(
+        &yaml,
+        r#"server:
+  listen: 9999
+  root_path: /showcase
+applications:
+  framework:
+    command: bin/rails
+    args: [server, -p, "${port}"]
+  env:
+    DATABASE_URL: sqlite3:///data/db/${database}.sqlite3
+    RAILS_MAX_THREADS: 3
+  tenants:
+  - path: /showcase/2025/boston/
+    var:
+      database: 2025-boston
+routes:
+  fly:
+    replay:
+    - path: ^/showcase/.+\.pdf$
+      app: smooth-pdf
+      status: 307
+"#,
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run(&["convert", yaml.to_str().unwrap()], dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("${database}"), "templates kept:\n{stdout}");
+    let toml = dir.path().join("converted.toml");
+    std::fs::write(&toml, &stdout).unwrap();
+    let (code, checked, stderr) = run(&["check", toml.to_str().unwrap()], dir.path());
+    assert_eq!(code, 0, "{stderr}\n{stdout}");
+    assert!(checked.contains("tenants            1"), "{checked}");
+    assert!(checked.contains("fly replay rules   1"), "{checked}");
+}
+
+#[test]
+fn version_and_help() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, _) = run(&["--version"], dir.path());
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("navigator "), "{stdout}");
+    let (code, stdout, _) = run(&["--help"], dir.path());
+    assert_eq!(code, 0);
+    assert!(stdout.contains("check"), "{stdout}");
+}
+
+#[test]
+fn unknown_option_is_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, _) = run(&["--no-such-option"], dir.path());
+    assert_eq!(code, 2);
+}

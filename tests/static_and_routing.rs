@@ -1,0 +1,182 @@
+//! The request pipeline without tenant processes: health check,
+//! redirects, rewrites, trailing slashes, static files and maintenance.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Navigator, Showcase, start_showcase};
+
+fn showcase_with_routes(maintenance: bool) -> Navigator {
+    let showcase = Showcase {
+        events: 4,
+        maintenance,
+        extra: r#"
+[routes]
+redirects = [
+    { from = "^/$", to = "/showcase/studios/" },
+    { from = "^/showcase/demo/?$", to = "/showcase/regions/iad/demo/", status = 301 },
+]
+rewrites = [
+    { from = "^/assets/(.*)", to = "/showcase/assets/$1" },
+    { from = "^/([^/]+\\.(ico|txt))$", to = "/showcase/$1" },
+]
+"#
+        .to_string(),
+        ..Showcase::default()
+    };
+    start_showcase(&showcase)
+}
+
+#[test]
+fn health_check_answers_without_tenant() {
+    let navigator = showcase_with_routes(false);
+    let response = navigator.get("/up");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "OK");
+    assert_eq!(response.header("content-type"), Some("text/plain"));
+    assert!(response.header("x-request-id").is_some());
+    assert_eq!(navigator.logs.count("tenant process started"), 0);
+}
+
+#[test]
+fn request_id_kept_or_generated() {
+    let navigator = showcase_with_routes(false);
+    let kept = navigator.request("GET", "/up", &[("X-Request-Id", "abc-123")], b"");
+    assert_eq!(kept.header("x-request-id"), Some("abc-123"));
+    let first = navigator.get("/up");
+    let second = navigator.get("/up");
+    assert_ne!(first.header("x-request-id"), second.header("x-request-id"));
+}
+
+#[test]
+fn redirects_first_match_with_query() {
+    let navigator = showcase_with_routes(false);
+    let root = navigator.get("/");
+    assert_eq!(root.status, 302);
+    assert_eq!(root.header("location"), Some("/showcase/studios/"));
+    let demo = navigator.get("/showcase/demo?x=1");
+    assert_eq!(demo.status, 301);
+    assert_eq!(demo.header("location"), Some("/showcase/regions/iad/demo/?x=1"));
+}
+
+#[test]
+fn rewrite_then_static_file() {
+    let navigator = showcase_with_routes(false);
+    let response = navigator.get("/assets/app-1234.css");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "body { color: black }\n");
+    assert!(response.header("content-type").unwrap().starts_with("text/css"));
+    assert_eq!(
+        response.header("cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
+}
+
+#[test]
+fn trailing_slash_redirects_root_and_tenants() {
+    let navigator = showcase_with_routes(false);
+    let root = navigator.get("/showcase");
+    assert_eq!(root.status, 301);
+    assert_eq!(root.header("location"), Some("/showcase/"));
+    let tenant = navigator.get("/showcase/2025/boston/april?a=b");
+    assert_eq!(tenant.status, 301);
+    assert_eq!(tenant.header("location"), Some("/showcase/2025/boston/april/?a=b"));
+    let post = navigator.request("POST", "/showcase/2025/boston/april", &[], b"x=1");
+    assert_eq!(post.status, 308);
+}
+
+#[test]
+fn try_files_index_suffix_and_directory() {
+    let navigator = showcase_with_routes(false);
+    let index = navigator.get("/showcase/studios/");
+    assert_eq!((index.status, index.text().as_str()), (200, "<h1>studios</h1>\n"));
+    let suffix = navigator.get("/showcase/studios/millbrae");
+    assert_eq!((suffix.status, suffix.text().as_str()), (200, "<h1>millbrae</h1>\n"));
+    let directory = navigator.get("/showcase/2025/boston");
+    assert_eq!(directory.status, 301);
+    assert_eq!(directory.header("location"), Some("/showcase/2025/boston/"));
+    let prerendered = navigator.get("/showcase/2025/boston/");
+    assert_eq!(prerendered.text(), "<h1>boston 2025</h1>\n");
+    assert_eq!(navigator.logs.count("tenant process started"), 0);
+}
+
+#[test]
+fn conditional_range_and_head_requests() {
+    let navigator = showcase_with_routes(false);
+    let full = navigator.get("/showcase/assets/app-1234.js");
+    assert_eq!(full.status, 200);
+    let etag = full.header("etag").unwrap().to_string();
+    let last_modified = full.header("last-modified").unwrap().to_string();
+
+    let by_etag = navigator.request("GET", "/showcase/assets/app-1234.js", &[("If-None-Match", &etag)], b"");
+    assert_eq!(by_etag.status, 304);
+    assert!(by_etag.body.is_empty());
+    let by_date = navigator.request("GET", "/showcase/assets/app-1234.js", &[("If-Modified-Since", &last_modified)], b"");
+    assert_eq!(by_date.status, 304);
+
+    let range = navigator.request("GET", "/showcase/assets/app-1234.js", &[("Range", "bytes=0-6")], b"");
+    assert_eq!(range.status, 206);
+    assert_eq!(range.text(), "console");
+    assert_eq!(
+        range.header("content-range"),
+        Some(format!("bytes 0-6/{}", full.body.len()).as_str())
+    );
+
+    let head = navigator.request("HEAD", "/showcase/assets/app-1234.js", &[], b"");
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some(full.body.len().to_string().as_str()));
+}
+
+#[test]
+fn traversal_and_dotfiles_refused() {
+    let navigator = showcase_with_routes(false);
+    for path in [
+        "/showcase/../outside.txt",
+        "/showcase/%2e%2e/outside.txt",
+        "/showcase/studios/%2E%2E/%2E%2E/outside.txt",
+        "/showcase/..%2foutside.txt",
+        "/showcase/a%5c..%5coutside.txt",
+        "/showcase/%00",
+    ] {
+        let response = navigator.get(path);
+        assert_eq!(response.status, 400, "{path}");
+    }
+    let dotfile = navigator.get("/showcase/.secret");
+    assert_ne!(dotfile.text(), "hidden\n");
+    assert_ne!(dotfile.status, 200);
+}
+
+#[test]
+fn unknown_path_is_not_found() {
+    let navigator = showcase_with_routes(false);
+    assert_eq!(navigator.get("/elsewhere").status, 404);
+}
+
+#[test]
+fn maintenance_serves_static_and_503() {
+    let navigator = showcase_with_routes(true);
+    let page = navigator.get("/showcase/studios/");
+    assert_eq!(page.status, 200);
+    let asset = navigator.get("/assets/app-1234.css");
+    assert_eq!(asset.status, 200);
+    let dynamic = navigator.get("/showcase/2025/boston/april/");
+    assert_eq!(dynamic.status, 503);
+    assert_eq!(dynamic.text(), "<html><body>maintenance page</body></html>\n");
+    assert!(dynamic.header("retry-after").is_some());
+    assert_eq!(dynamic.header("cache-control"), Some("no-store"));
+    assert_eq!(navigator.get("/up").status, 200);
+    assert_eq!(navigator.logs.count("tenant process started"), 0);
+}
+
+#[test]
+fn access_log_records_each_request() {
+    let navigator = showcase_with_routes(false);
+    navigator.request("GET", "/showcase/studios/", &[("User-Agent", "test-agent/1")], b"");
+    let line = navigator
+        .logs
+        .wait_for("test-agent/1", Duration::from_secs(5))
+        .expect("access log line");
+    assert!(line.contains("status=200"), "{line}");
+    assert!(line.contains("answer=\"static\"") || line.contains("answer=static"), "{line}");
+}
