@@ -2,3 +2,5 @@
 //! Rails deployments.
 
 pub mod config;
+pub mod demo;
+pub mod supervisor;

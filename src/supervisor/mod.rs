@@ -1,0 +1,7 @@
+//! Process-level building blocks for running tenants and managed processes.
+
+pub mod output;
+pub mod pidfile;
+pub mod ports;
+pub mod process;
+pub mod readiness;
