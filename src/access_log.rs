@@ -114,7 +114,11 @@ fn header_text(value: &Option<HeaderValue>) -> &str {
 /// dropped, with the number of bytes that went out.
 pub fn log_on_completion(body: Body, mut record: AccessRecord, status: u16) -> Body {
     record.status = Some(status);
-    CountingBody { inner: body, record }.boxed()
+    CountingBody {
+        inner: body,
+        record,
+    }
+    .boxed()
 }
 
 struct CountingBody {
@@ -126,7 +130,10 @@ impl HttpBody for CountingBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {

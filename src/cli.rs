@@ -18,7 +18,12 @@ pub fn check(path: &Path) -> i32 {
         Ok(snapshot) => snapshot,
         Err(errors) => {
             eprintln!("{errors}");
-            eprintln!("{}: invalid ({} error{})", path.display(), errors.0.len(), plural(errors.0.len()));
+            eprintln!(
+                "{}: invalid ({} error{})",
+                path.display(),
+                errors.0.len(),
+                plural(errors.0.len())
+            );
             return EXIT_CONFIG;
         }
     };
@@ -45,14 +50,34 @@ pub fn summary(path: &Path, snapshot: &Snapshot) -> String {
         ("redirects", snapshot.path_rules.redirects.len().to_string()),
         ("rewrites", snapshot.path_rules.rewrites.len().to_string()),
         ("fly replay rules", snapshot.replay.rules.len().to_string()),
-        ("reverse proxies", snapshot.reverse_proxies.len().to_string()),
+        (
+            "reverse proxies",
+            snapshot.reverse_proxies.len().to_string(),
+        ),
         ("cgi scripts", snapshot.cgi.len().to_string()),
-        ("auth", if snapshot.auth.enabled { "on".into() } else { "off".into() }),
+        (
+            "auth",
+            if snapshot.auth.enabled {
+                "on".into()
+            } else {
+                "off".into()
+            },
+        ),
         ("auth patterns", snapshot.auth.patterns.len().to_string()),
         ("public paths", snapshot.auth.public_paths.len().to_string()),
-        ("managed processes", config.managed_processes.len().to_string()),
+        (
+            "managed processes",
+            config.managed_processes.len().to_string(),
+        ),
         ("max processes", snapshot.pools.max_size.to_string()),
-        ("maintenance", if snapshot.maintenance_enabled { "on".into() } else { "off".into() }),
+        (
+            "maintenance",
+            if snapshot.maintenance_enabled {
+                "on".into()
+            } else {
+                "off".into()
+            },
+        ),
     ];
     let mut out = format!("{}\n", path.display());
     for (name, value) in rows {
@@ -62,7 +87,11 @@ pub fn summary(path: &Path, snapshot: &Snapshot) -> String {
 }
 
 fn display_or_none(text: &str) -> String {
-    if text.is_empty() { "(none)".into() } else { text.into() }
+    if text.is_empty() {
+        "(none)".into()
+    } else {
+        text.into()
+    }
 }
 
 /// Files the config names that do not exist: warnings in `check`, errors
@@ -71,13 +100,19 @@ pub fn missing_files(snapshot: &Snapshot) -> Vec<String> {
     let config = &snapshot.config;
     let mut named: Vec<(String, PathBuf)> = Vec::new();
     if let Some(files) = &snapshot.static_files {
-        named.push(("server.static.public_dir".into(), files.public_dir().to_path_buf()));
+        named.push((
+            "server.static.public_dir".into(),
+            files.public_dir().to_path_buf(),
+        ));
     }
     if let Some(htpasswd) = &snapshot.auth.htpasswd {
         named.push(("auth.htpasswd".into(), htpasswd.clone()));
     }
     for (i, script) in config.server.cgi_scripts.iter().enumerate() {
-        named.push((format!("server.cgi_scripts[{i}].script"), script.script.clone()));
+        named.push((
+            format!("server.cgi_scripts[{i}].script"),
+            script.script.clone(),
+        ));
     }
     if let Some(tls) = &config.server.tls {
         named.push(("server.tls.cert".into(), tls.cert.clone()));
@@ -112,7 +147,8 @@ pub fn convert(path: &Path) -> i32 {
 /// Converts the file at `path` (either format) to TOML text.
 pub fn convert_to_toml(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
-    let tree = source::parse(&text, source::Format::from_path(path)).map_err(|e| format!("{}: {}", e.pos, e.message))?;
+    let tree = source::parse(&text, source::Format::from_path(path))
+        .map_err(|e| format!("{}: {}", e.pos, e.message))?;
     let json = source::to_json(&tree);
     toml::to_string_pretty(&json).map_err(|e| format!("cannot write TOML: {e}"))
 }
@@ -122,14 +158,20 @@ pub fn signal_reload(pid_file: &Path) -> i32 {
     let text = match std::fs::read_to_string(pid_file) {
         Ok(text) => text,
         Err(error) => {
-            eprintln!("cannot read pid file {}: {error}; is navigator running?", pid_file.display());
+            eprintln!(
+                "cannot read pid file {}: {error}; is navigator running?",
+                pid_file.display()
+            );
             return 1;
         }
     };
     let pid: i32 = match text.trim().parse() {
         Ok(pid) if pid > 0 => pid,
         _ => {
-            eprintln!("pid file {} does not contain a process id", pid_file.display());
+            eprintln!(
+                "pid file {} does not contain a process id",
+                pid_file.display()
+            );
             return 1;
         }
     };
@@ -139,7 +181,10 @@ pub fn signal_reload(pid_file: &Path) -> i32 {
             0
         }
         Err(error) => {
-            eprintln!("cannot signal pid {pid} from {}: {error}", pid_file.display());
+            eprintln!(
+                "cannot signal pid {pid} from {}: {error}",
+                pid_file.display()
+            );
             1
         }
     }

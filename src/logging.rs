@@ -2,6 +2,7 @@
 //! level from `LOG_LEVEL` or `RUST_LOG`.
 
 use std::fmt::Write as _;
+use std::io::IsTerminal;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -60,6 +61,7 @@ fn make_layer(format: LogFormat) -> BoxedLayer {
             .boxed(),
         LogFormat::Text => tracing_fmt::layer()
             .event_format(TextFormat::default())
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .boxed(),
     }
@@ -68,7 +70,10 @@ fn make_layer(format: LogFormat) -> BoxedLayer {
 /// Installs the global subscriber; call once at startup.
 pub fn init(format: LogFormat) -> LogControl {
     let (layer, handle) = reload::Layer::new(make_layer(format));
-    let _ = tracing_subscriber::registry().with(filter()).with(layer).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(filter())
+        .with(layer)
+        .try_init();
     LogControl {
         handle,
         format: std::sync::Mutex::new(format),
@@ -77,9 +82,16 @@ pub fn init(format: LogFormat) -> LogControl {
 
 /// The default text format, except that child-process lines print as
 /// `[tenant.stream] line`, the way Navigator shows them.
-#[derive(Default)]
 struct TextFormat {
     inner: format::Format<format::Full>,
+}
+
+impl Default for TextFormat {
+    fn default() -> Self {
+        TextFormat {
+            inner: format::Format::default().with_ansi(std::io::stderr().is_terminal()),
+        }
+    }
 }
 
 impl<S, N> FormatEvent<S, N> for TextFormat
@@ -87,7 +99,12 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
         if event.metadata().target() == OUTPUT_TARGET {
             let mut line = OutputLine::default();
             event.record(&mut line);

@@ -15,7 +15,12 @@ struct Args {
     config: Option<PathBuf>,
 
     /// Config file, as an option.
-    #[arg(short = 'c', long = "config", value_name = "CONFIG", conflicts_with = "config")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        value_name = "CONFIG",
+        conflicts_with = "config"
+    )]
     config_option: Option<PathBuf>,
 
     /// Send a signal to the running server: `reload` (SIGHUP).
@@ -54,8 +59,10 @@ fn main() -> ExitCode {
     let code = match args.command {
         Some(Command::Check { config }) => cli::check(&config.unwrap_or_else(config::default_path)),
         Some(Command::Convert { file }) => cli::convert(&file),
-        Some(Command::Reload { pid_file, config }) => cli::signal_reload(&pid_file_for(pid_file, config)),
-        Some(Command::DemoTenant { args }) => navigator::demo::run_blocking(&args),
+        Some(Command::Reload { pid_file, config }) => {
+            cli::signal_reload(&pid_file_for(pid_file, config))
+        }
+        Some(Command::DemoTenant { .. }) => navigator::demo::run_blocking(),
         None => {
             let config = args.config.or(args.config_option);
             if args.signal.is_some() {
@@ -69,7 +76,10 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: PathBuf) -> i32 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("cannot start the async runtime: {error}");

@@ -41,7 +41,11 @@ pub struct RequestContext {
 
 /// Serves one request: runs the pipeline and attaches the access-log
 /// record to the response body.
-pub async fn handle(app: Arc<App>, connection: Connection, request: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    app: Arc<App>,
+    connection: Connection,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let snapshot = app.snapshot();
     let request_id = request_id(&request);
     let record = AccessRecord {
@@ -58,6 +62,7 @@ pub async fn handle(app: Arc<App>, connection: Connection, request: Request<Inco
         answer: Answer::Error,
         target: None,
         status: None,
+        bytes: 0,
     };
     let mut context = RequestContext {
         snapshot,
@@ -68,14 +73,23 @@ pub async fn handle(app: Arc<App>, connection: Connection, request: Request<Inco
 
     let mut response = route(&app, &mut context, request).await;
 
-    response.headers_mut().insert(X_REQUEST_ID, context.request_id.clone());
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID, context.request_id.clone());
     let status = response.status().as_u16();
     let (parts, body) = response.into_parts();
-    Response::from_parts(parts, access_log::log_on_completion(body, context.record, status))
+    Response::from_parts(
+        parts,
+        access_log::log_on_completion(body, context.record, status),
+    )
 }
 
 /// The pipeline, step by step.
-async fn route(app: &App, context: &mut RequestContext, request: Request<Incoming>) -> Response<Body> {
+async fn route(
+    app: &App,
+    context: &mut RequestContext,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let snapshot = context.snapshot.clone();
     let (head, body) = request.into_parts();
 
@@ -168,7 +182,11 @@ fn request_id(request: &Request<Incoming>) -> HeaderValue {
 
 /// The client address for logs: the socket peer, or with `trust_proxy`
 /// the first `X-Forwarded-For` entry.
-fn client_address(snapshot: &Snapshot, connection: &Connection, request: &Request<Incoming>) -> std::net::IpAddr {
+fn client_address(
+    snapshot: &Snapshot,
+    connection: &Connection,
+    request: &Request<Incoming>,
+) -> std::net::IpAddr {
     if snapshot.config.server.trust_proxy {
         let forwarded = request
             .headers()
@@ -183,7 +201,11 @@ fn client_address(snapshot: &Snapshot, connection: &Connection, request: &Reques
     connection.peer.ip()
 }
 
-fn health_check(snapshot: &Snapshot, context: &mut RequestContext, path: &str) -> Option<Response<Body>> {
+fn health_check(
+    snapshot: &Snapshot,
+    context: &mut RequestContext,
+    path: &str,
+) -> Option<Response<Body>> {
     let health = snapshot.health.as_ref()?;
     if health.path != path {
         return None;
@@ -261,7 +283,17 @@ pub async fn maintenance_page(snapshot: &Snapshot, retry_after_secs: u64) -> Res
 }
 
 /// Characters escaped when a decoded path is sent upstream again.
-const PATH_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'<').add(b'>').add(b'?').add(b'`').add(b'{').add(b'}').add(b'%');
+const PATH_ESCAPES: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'%');
 
 fn encode_path(path: &str) -> String {
     utf8_percent_encode(path, PATH_ESCAPES).to_string()
@@ -273,7 +305,9 @@ fn is_clean_path(path: &str) -> bool {
         && !path.contains("//")
         && !path.contains('\\')
         && !path.contains('\0')
-        && path.split('/').all(|segment| segment != "." && segment != "..")
+        && path
+            .split('/')
+            .all(|segment| segment != "." && segment != "..")
 }
 
 /// The path and query sent upstream: the original ones unchanged, or the

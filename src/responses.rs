@@ -37,11 +37,17 @@ pub fn error_page(status: StatusCode, detail: &str) -> Response<Body> {
 }
 
 pub fn not_found() -> Response<Body> {
-    error_page(StatusCode::NOT_FOUND, "No page or application is configured for this path.")
+    error_page(
+        StatusCode::NOT_FOUND,
+        "No page or application is configured for this path.",
+    )
 }
 
 pub fn bad_request(reason: &str) -> Response<Body> {
-    text(StatusCode::BAD_REQUEST, &format!("400 Bad Request: {reason}"))
+    text(
+        StatusCode::BAD_REQUEST,
+        &format!("400 Bad Request: {reason}"),
+    )
 }
 
 /// A redirect to `location`.
@@ -52,7 +58,12 @@ pub fn redirect(status: StatusCode, location: &str) -> Response<Body> {
         Ok(value) => {
             response.headers_mut().insert(LOCATION, value);
         }
-        Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "redirect target is not a valid header value"),
+        Err(_) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "redirect target is not a valid header value",
+            );
+        }
     }
     response
 }
@@ -109,7 +120,10 @@ mod tests {
 
     #[test]
     fn redirect_rejects_invalid_location() {
-        assert_eq!(redirect(StatusCode::FOUND, "/a\nb").status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            redirect(StatusCode::FOUND, "/a\nb").status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
         assert_eq!(redirect(StatusCode::FOUND, "/a").headers()[LOCATION], "/a");
     }
 }

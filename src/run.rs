@@ -92,7 +92,10 @@ pub async fn run(config_path: PathBuf) -> i32 {
 }
 
 async fn wait_for_signals(app: &Arc<App>, log: &LogControl) -> i32 {
-    let (mut terminate, mut hangup) = match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
+    let (mut terminate, mut hangup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) {
         (Ok(terminate), Ok(hangup)) => (terminate, hangup),
         (Err(error), _) | (_, Err(error)) => {
             error!(error = %error, "cannot install signal handlers");

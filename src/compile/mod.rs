@@ -100,11 +100,16 @@ impl Snapshot {
                 let mut headers = HeaderMap::new();
                 for (name, value) in &response.headers {
                     let key = format!("server.health_check.response.headers.{name}");
-                    match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+                    match (
+                        HeaderName::from_bytes(name.as_bytes()),
+                        HeaderValue::from_str(value),
+                    ) {
                         (Ok(name), Ok(value)) => {
                             headers.insert(name, value);
                         }
-                        _ => errors.push(loaded.error_at(&key, format!("invalid header {name}: {value:?}"))),
+                        _ => errors.push(
+                            loaded.error_at(&key, format!("invalid header {name}: {value:?}")),
+                        ),
                     }
                 }
                 HealthResponse {
@@ -120,13 +125,18 @@ impl Snapshot {
             static_config.public_dir = server.public_dir.clone();
         }
         if let Some(extensions) = &server.allowed_extensions {
-            static_config.allowed_extensions.extend(extensions.iter().cloned());
+            static_config
+                .allowed_extensions
+                .extend(extensions.iter().cloned());
         }
         if let Some(try_files) = &server.try_files {
             static_config.try_files.extend(try_files.iter().cloned());
         }
         if let Some(cache) = &server.cache_control {
-            static_config.cache_control.overrides.extend(cache.overrides.iter().cloned());
+            static_config
+                .cache_control
+                .overrides
+                .extend(cache.overrides.iter().cloned());
             if static_config.cache_control.default.is_none() {
                 static_config.cache_control.default = cache.default;
             }
@@ -152,15 +162,24 @@ impl Snapshot {
 
         let pools = &config.applications.pools;
         if pools.max_size == 0 {
-            errors.push(loaded.error_at("applications.pools.max_size", "max_size must be at least 1"));
+            errors.push(
+                loaded.error_at("applications.pools.max_size", "max_size must be at least 1"),
+            );
         }
-        let end_port = pools.end_port.unwrap_or_else(|| pools.start_port.saturating_add(999));
+        let end_port = pools
+            .end_port
+            .unwrap_or_else(|| pools.start_port.saturating_add(999));
         if end_port < pools.start_port {
-            errors.push(loaded.error_at("applications.pools.end_port", "end_port is below start_port"));
+            errors.push(loaded.error_at(
+                "applications.pools.end_port",
+                "end_port is below start_port",
+            ));
         }
 
         for (i, process) in config.managed_processes.iter().enumerate() {
-            let duplicate = config.managed_processes[..i].iter().any(|p| p.name == process.name);
+            let duplicate = config.managed_processes[..i]
+                .iter()
+                .any(|p| p.name == process.name);
             if duplicate {
                 errors.push(loaded.error_at(
                     &format!("managed_processes[{i}].name"),
@@ -202,7 +221,8 @@ impl Snapshot {
     /// Whether `path` is `root_path` or a tenant path without its final
     /// `/`, which answer with a redirect to the path with it.
     pub fn needs_trailing_slash(&self, path: &str) -> bool {
-        (!self.root_path.is_empty() && path == self.root_path) || self.tenants.is_path_without_slash(path)
+        (!self.root_path.is_empty() && path == self.root_path)
+            || self.tenants.is_path_without_slash(path)
     }
 }
 

@@ -8,13 +8,24 @@ use regex::{Regex, RegexSet};
 use crate::config::{ConfigError, Loaded};
 
 /// Compiles `pattern`, reporting an invalid one at `key`.
-pub fn compile_regex(loaded: &Loaded, key: &str, pattern: &str, errors: &mut Vec<ConfigError>) -> Option<Regex> {
+pub fn compile_regex(
+    loaded: &Loaded,
+    key: &str,
+    pattern: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Regex> {
     match Regex::new(pattern) {
         Ok(regex) => Some(regex),
         Err(error) => {
             errors.push(
                 loaded
-                    .error_at(key, format!("invalid regex {pattern:?}: {}", first_line(&error.to_string())))
+                    .error_at(
+                        key,
+                        format!(
+                            "invalid regex {pattern:?}: {}",
+                            first_line(&error.to_string())
+                        ),
+                    )
                     .with_hint("patterns use RE2 syntax, as in Go's regexp"),
             );
             None
@@ -24,25 +35,34 @@ pub fn compile_regex(loaded: &Loaded, key: &str, pattern: &str, errors: &mut Vec
 
 fn first_line(text: &str) -> String {
     text.lines()
-        .filter(|line| !line.trim().is_empty())
-        .last()
+        .rfind(|line| !line.trim().is_empty())
         .unwrap_or(text)
         .trim()
         .to_string()
 }
 
 /// Parses an HTTP method list, reporting invalid names.
-fn parse_methods(loaded: &Loaded, key: &str, names: &[String], errors: &mut Vec<ConfigError>) -> Vec<Method> {
+fn parse_methods(
+    loaded: &Loaded,
+    key: &str,
+    names: &[String],
+    errors: &mut Vec<ConfigError>,
+) -> Vec<Method> {
     names
         .iter()
         .enumerate()
-        .filter_map(|(i, name)| match Method::from_bytes(name.to_ascii_uppercase().as_bytes()) {
-            Ok(method) => Some(method),
-            Err(_) => {
-                errors.push(loaded.error_at(&format!("{key}[{i}]"), format!("invalid HTTP method {name:?}")));
-                None
-            }
-        })
+        .filter_map(
+            |(i, name)| match Method::from_bytes(name.to_ascii_uppercase().as_bytes()) {
+                Ok(method) => Some(method),
+                Err(_) => {
+                    errors.push(loaded.error_at(
+                        &format!("{key}[{i}]"),
+                        format!("invalid HTTP method {name:?}"),
+                    ));
+                    None
+                }
+            },
+        )
         .collect()
 }
 
@@ -57,7 +77,13 @@ fn parse_status(
         Ok(code) if valid.contains(&status) => code,
         _ => {
             let list: Vec<String> = valid.iter().map(u16::to_string).collect();
-            errors.push(loaded.error_at(key, format!("status {status} is not valid here; use one of {}", list.join(", "))));
+            errors.push(loaded.error_at(
+                key,
+                format!(
+                    "status {status} is not valid here; use one of {}",
+                    list.join(", ")
+                ),
+            ));
             StatusCode::FOUND
         }
     }
@@ -99,8 +125,16 @@ impl PathRules {
 
         for (i, redirect) in routes.redirects.iter().enumerate() {
             let key = format!("routes.redirects[{i}]");
-            let status = parse_status(loaded, &format!("{key}.status"), redirect.status, &REDIRECT_STATUSES, errors);
-            if let Some(from) = compile_regex(loaded, &format!("{key}.from"), &redirect.from, errors) {
+            let status = parse_status(
+                loaded,
+                &format!("{key}.status"),
+                redirect.status,
+                &REDIRECT_STATUSES,
+                errors,
+            );
+            if let Some(from) =
+                compile_regex(loaded, &format!("{key}.from"), &redirect.from, errors)
+            {
                 rules.redirects.push(RedirectRule {
                     from,
                     to: redirect.to.clone(),
@@ -118,7 +152,10 @@ impl PathRules {
                 _ => {
                     errors.push(
                         loaded
-                            .error_at(&key, "a rewrite needs `from` (or Navigator's `pattern`), not both")
+                            .error_at(
+                                &key,
+                                "a rewrite needs `from` (or Navigator's `pattern`), not both",
+                            )
                             .with_hint("write `from = \"regex\"` and `to = \"replacement\"`"),
                     );
                     continue;
@@ -127,12 +164,17 @@ impl PathRules {
             let to = match (&rewrite.to, &rewrite.replacement) {
                 (Some(to), None) | (None, Some(to)) => to.clone(),
                 _ => {
-                    errors.push(loaded.error_at(&key, "a rewrite needs `to` (or Navigator's `replacement`), not both"));
+                    errors.push(loaded.error_at(
+                        &key,
+                        "a rewrite needs `to` (or Navigator's `replacement`), not both",
+                    ));
                     continue;
                 }
             };
-            let methods = parse_methods(loaded, &format!("{key}.methods"), &rewrite.methods, errors);
-            let Some(regex) = compile_regex(loaded, &format!("{key}.{from_key}"), from, errors) else {
+            let methods =
+                parse_methods(loaded, &format!("{key}.methods"), &rewrite.methods, errors);
+            let Some(regex) = compile_regex(loaded, &format!("{key}.{from_key}"), from, errors)
+            else {
                 continue;
             };
             if rewrite.redirect {
@@ -260,7 +302,13 @@ impl ReplayRules {
                     continue;
                 }
             };
-            let status = parse_status(loaded, &format!("{key}.status"), rule.status, &[307, 308], errors);
+            let status = parse_status(
+                loaded,
+                &format!("{key}.status"),
+                rule.status,
+                &[307, 308],
+                errors,
+            );
             let methods = parse_methods(loaded, &format!("{key}.methods"), &rule.methods, errors);
             if let Some(path) = compile_regex(loaded, &format!("{key}.path"), &rule.path, errors) {
                 rules.push(ReplayRule {
@@ -316,12 +364,18 @@ impl AuthRules {
         let auth = &loaded.config.auth;
         let mut public_paths = auth.public_paths.clone();
         public_paths.extend(server.auth_exclude.clone().unwrap_or_default());
-        let htpasswd = auth.htpasswd.clone().or_else(|| server.authentication.clone());
+        let htpasswd = auth
+            .htpasswd
+            .clone()
+            .or_else(|| server.authentication.clone());
         let enabled = auth.enabled || server.authentication.is_some();
         if enabled && htpasswd.is_none() {
             errors.push(
                 loaded
-                    .error_at("auth.enabled", "authentication is enabled but no htpasswd file is set")
+                    .error_at(
+                        "auth.enabled",
+                        "authentication is enabled but no htpasswd file is set",
+                    )
                     .with_hint("set auth.htpasswd"),
             );
         }
@@ -372,13 +426,17 @@ pub fn compile_reverse_proxies(loaded: &Loaded, errors: &mut Vec<ConfigError>) -
     for (i, route) in loaded.config.routes.reverse_proxies.iter().enumerate() {
         let key = format!("routes.reverse_proxies[{i}]");
         let matcher = match (&route.path, &route.prefix) {
-            (Some(path), None) => match compile_regex(loaded, &format!("{key}.path"), path, errors) {
+            (Some(path), None) => match compile_regex(loaded, &format!("{key}.path"), path, errors)
+            {
                 Some(regex) => ProxyMatch::Regex(regex),
                 None => continue,
             },
             (None, Some(prefix)) => ProxyMatch::Prefix(prefix.clone()),
             _ => {
-                errors.push(loaded.error_at(&key, "a reverse proxy route needs exactly one of `path` (regex) or `prefix`"));
+                errors.push(loaded.error_at(
+                    &key,
+                    "a reverse proxy route needs exactly one of `path` (regex) or `prefix`",
+                ));
                 continue;
             }
         };
@@ -386,18 +444,32 @@ pub fn compile_reverse_proxies(loaded: &Loaded, errors: &mut Vec<ConfigError>) -
         if !target_ok {
             errors.push(
                 loaded
-                    .error_at(&format!("{key}.target"), format!("invalid target {:?}", route.target))
+                    .error_at(
+                        &format!("{key}.target"),
+                        format!("invalid target {:?}", route.target),
+                    )
                     .with_hint("targets are http:// or https:// URLs"),
             );
             continue;
         }
         routes.push(ProxyRoute {
-            name: route.name.clone().unwrap_or_else(|| format!("reverse_proxies[{i}]")),
+            name: route
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("reverse_proxies[{i}]")),
             matcher,
             target: route.target.clone(),
             strip_path: route.strip_path,
-            headers: route.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            response_headers: route.response_headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            headers: route
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            response_headers: route
+                .response_headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             websocket: route.websocket,
         });
     }
@@ -417,7 +489,9 @@ mod tests {
 
     #[test]
     fn redirect_expands_captures() {
-        let loaded = loaded("[[routes.redirects]]\nfrom = \"^/old/(.*)$\"\nto = \"/new/$1\"\nstatus = 301\n");
+        let loaded = loaded(
+            "[[routes.redirects]]\nfrom = \"^/old/(.*)$\"\nto = \"/new/$1\"\nstatus = 301\n",
+        );
         let mut errors = Vec::new();
         let rules = PathRules::compile(&loaded, &mut errors);
         assert!(errors.is_empty());
@@ -434,7 +508,10 @@ mod tests {
         let loaded = loaded(text);
         let mut errors = Vec::new();
         let rules = PathRules::compile(&loaded, &mut errors);
-        assert_eq!(rules.rewrite("/assets/old-a.js", &Method::GET).unwrap(), "/showcase/assets/a.js");
+        assert_eq!(
+            rules.rewrite("/assets/old-a.js", &Method::GET).unwrap(),
+            "/showcase/assets/a.js"
+        );
         assert!(rules.rewrite("/x", &Method::GET).is_none());
     }
 
@@ -469,9 +546,13 @@ mod tests {
         let mut errors = Vec::new();
         let rules = ReplayRules::compile(&loaded, &mut errors);
         assert!(errors.is_empty(), "{errors:?}");
-        let pdf = rules.find("/showcase/2025/adelaide/x/a.pdf", &Method::GET).unwrap();
+        let pdf = rules
+            .find("/showcase/2025/adelaide/x/a.pdf", &Method::GET)
+            .unwrap();
         assert_eq!(pdf.target, ReplayTarget::App("pdf".into()));
-        let region = rules.find("/showcase/2025/adelaide/x/", &Method::GET).unwrap();
+        let region = rules
+            .find("/showcase/2025/adelaide/x/", &Method::GET)
+            .unwrap();
         assert_eq!(region.target, ReplayTarget::Region("syd".into()));
         assert!(rules.find("/post-only", &Method::GET).is_none());
         assert!(rules.find("/post-only", &Method::POST).is_some());
@@ -479,7 +560,8 @@ mod tests {
 
     #[test]
     fn replay_rule_needs_one_target() {
-        let loaded = loaded("[[routes.fly.replay]]\npath = \"^/x\"\nregion = \"syd\"\napp = \"a\"\n");
+        let loaded =
+            loaded("[[routes.fly.replay]]\npath = \"^/x\"\nregion = \"syd\"\napp = \"a\"\n");
         let mut errors = Vec::new();
         ReplayRules::compile(&loaded, &mut errors);
         assert_eq!(errors.len(), 1);

@@ -31,7 +31,10 @@ pub struct LaunchSpec {
 impl LaunchSpec {
     /// The value of `name` in the tenant's own variables.
     pub fn env_var(&self, name: &str) -> Option<&str> {
-        self.env.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+        self.env
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
     }
 }
 
@@ -90,7 +93,11 @@ impl TenantIndex {
             .enumerate()
             .map(|(i, tenant)| (tenant.name.clone().into_boxed_str(), i))
             .collect();
-        let max_depth = tenants.iter().map(|t| t.path.matches('/').count()).max().unwrap_or(0);
+        let max_depth = tenants
+            .iter()
+            .map(|t| t.path.matches('/').count())
+            .max()
+            .unwrap_or(0);
         TenantIndex {
             tenants,
             by_path,
@@ -155,12 +162,18 @@ impl TenantIndex {
 
 /// The value of a tenant template variable: the tenant's `var`, then
 /// navigator's environment, then built-ins; `port` stays a placeholder.
-fn tenant_lookup<'a>(vars: &'a BTreeMap<String, String>, env: EnvLookup<'a>) -> impl Fn(&str) -> Option<String> + 'a {
+fn tenant_lookup<'a>(
+    vars: &'a BTreeMap<String, String>,
+    env: EnvLookup<'a>,
+) -> impl Fn(&str) -> Option<String> + 'a {
     move |name: &str| {
         if name == "port" {
             return Some(PORT_PLACEHOLDER.to_string());
         }
-        vars.get(name).cloned().or_else(|| env(name)).or_else(|| builtin_variable(name))
+        vars.get(name)
+            .cloned()
+            .or_else(|| env(name))
+            .or_else(|| builtin_variable(name))
     }
 }
 
@@ -185,11 +198,19 @@ pub fn default_name(root_path: &str, path: &str) -> String {
         return name.to_string();
     }
     let whole = path.trim_matches('/');
-    if whole.is_empty() { "root".to_string() } else { whole.to_string() }
+    if whole.is_empty() {
+        "root".to_string()
+    } else {
+        whole.to_string()
+    }
 }
 
 /// Resolves every tenant of `loaded`, reporting each problem at its key.
-pub fn resolve(loaded: &Loaded, env: EnvLookup<'_>, errors: &mut Vec<ConfigError>) -> Vec<TenantSpec> {
+pub fn resolve(
+    loaded: &Loaded,
+    env: EnvLookup<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<TenantSpec> {
     let config = &loaded.config;
     let apps = &config.applications;
     let root_path = config.server.root_path.trim_end_matches('/');
@@ -201,13 +222,20 @@ pub fn resolve(loaded: &Loaded, env: EnvLookup<'_>, errors: &mut Vec<ConfigError
         let key = format!("applications.tenants[{i}]");
         let mut failed = false;
         let mut fail = |suffix: &str, message: String| {
-            let at = if suffix.is_empty() { key.clone() } else { format!("{key}.{suffix}") };
+            let at = if suffix.is_empty() {
+                key.clone()
+            } else {
+                format!("{key}.{suffix}")
+            };
             errors.push(loaded.error_at(&at, message));
             failed = true;
         };
 
         if !tenant.path.starts_with('/') {
-            fail("path", format!("tenant path {:?} must start with `/`", tenant.path));
+            fail(
+                "path",
+                format!("tenant path {:?} must start with `/`", tenant.path),
+            );
             continue;
         }
         let mut path = tenant.path.clone();
@@ -215,12 +243,21 @@ pub fn resolve(loaded: &Loaded, env: EnvLookup<'_>, errors: &mut Vec<ConfigError
             path.push('/');
         }
         if let Some(first) = seen_paths.insert(path.clone(), i) {
-            fail("path", format!("path {path} is also used by applications.tenants[{first}]"));
+            fail(
+                "path",
+                format!("path {path} is also used by applications.tenants[{first}]"),
+            );
             continue;
         }
-        let name = tenant.name.clone().unwrap_or_else(|| default_name(root_path, &path));
+        let name = tenant
+            .name
+            .clone()
+            .unwrap_or_else(|| default_name(root_path, &path));
         if !seen_names.insert(name.clone()) {
-            fail("name", format!("tenant name {name:?} is used by another tenant; names must be unique"));
+            fail(
+                "name",
+                format!("tenant name {name:?} is used by another tenant; names must be unique"),
+            );
             continue;
         }
 
@@ -255,7 +292,10 @@ pub fn resolve(loaded: &Loaded, env: EnvLookup<'_>, errors: &mut Vec<ConfigError
             .collect();
 
         let mut env_map: BTreeMap<String, String> = BTreeMap::new();
-        env_map.insert(apps.framework.port_env_var.clone(), PORT_PLACEHOLDER.to_string());
+        env_map.insert(
+            apps.framework.port_env_var.clone(),
+            PORT_PLACEHOLDER.to_string(),
+        );
         for (var, template) in &apps.env {
             let value = expand_at(format!("applications.env.{var}"), template);
             env_map.insert(var.clone(), value);
@@ -273,36 +313,39 @@ pub fn resolve(loaded: &Loaded, env: EnvLookup<'_>, errors: &mut Vec<ConfigError
 
         let default_hooks = config.hooks.tenant.clone();
         let legacy_hooks = apps.hooks.clone().unwrap_or_default();
-        let mut resolve_hooks = |which: &str, pick: fn(&TenantHooks) -> &Vec<Hook>| -> Vec<ResolvedHook> {
-            let sources = [
-                ("hooks.tenant".to_string(), &default_hooks),
-                ("applications.hooks".to_string(), &legacy_hooks),
-                (format!("{key}.hooks"), &tenant.hooks),
-            ];
-            let mut hooks = Vec::new();
-            for (prefix, set) in sources {
-                for (n, hook) in pick(set).iter().enumerate() {
-                    let at = format!("{prefix}.{which}[{n}]");
-                    hooks.push(ResolvedHook {
-                        command: expand_at(format!("{at}.command"), &hook.command),
-                        args: hook
-                            .args
-                            .iter()
-                            .enumerate()
-                            .map(|(a, arg)| expand_at(format!("{at}.args[{a}]"), arg))
-                            .collect(),
-                        env: hook
-                            .env
-                            .iter()
-                            .map(|(var, value)| (var.clone(), expand_at(format!("{at}.env.{var}"), value)))
-                            .collect(),
-                        timeout: hook.timeout.map(|t| t.get()),
-                        reload_config: hook.reload_config.clone(),
-                    });
+        let mut resolve_hooks =
+            |which: &str, pick: fn(&TenantHooks) -> &Vec<Hook>| -> Vec<ResolvedHook> {
+                let sources = [
+                    ("hooks.tenant".to_string(), &default_hooks),
+                    ("applications.hooks".to_string(), &legacy_hooks),
+                    (format!("{key}.hooks"), &tenant.hooks),
+                ];
+                let mut hooks = Vec::new();
+                for (prefix, set) in sources {
+                    for (n, hook) in pick(set).iter().enumerate() {
+                        let at = format!("{prefix}.{which}[{n}]");
+                        hooks.push(ResolvedHook {
+                            command: expand_at(format!("{at}.command"), &hook.command),
+                            args: hook
+                                .args
+                                .iter()
+                                .enumerate()
+                                .map(|(a, arg)| expand_at(format!("{at}.args[{a}]"), arg))
+                                .collect(),
+                            env: hook
+                                .env
+                                .iter()
+                                .map(|(var, value)| {
+                                    (var.clone(), expand_at(format!("{at}.env.{var}"), value))
+                                })
+                                .collect(),
+                            timeout: hook.timeout.map(|t| t.get()),
+                            reload_config: hook.reload_config.clone(),
+                        });
+                    }
                 }
-            }
-            hooks
-        };
+                hooks
+            };
         let start_hooks = resolve_hooks("start", |set| &set.start);
         let stop_hooks = resolve_hooks("stop", |set| &set.stop);
 
@@ -330,7 +373,10 @@ pub fn resolve(loaded: &Loaded, env: EnvLookup<'_>, errors: &mut Vec<ConfigError
                     .or(apps.pools.default_memory_limit)
                     .map(|size| size.0),
             },
-            health_check: tenant.health_check.clone().unwrap_or_else(|| apps.health_check.clone()),
+            health_check: tenant
+                .health_check
+                .clone()
+                .unwrap_or_else(|| apps.health_check.clone()),
             startup_timeout: tenant.startup_timeout.unwrap_or(apps.startup_timeout).get(),
             ready_timeout: apps.ready_timeout.get(),
             start_delay: apps.framework.start_delay.get(),
@@ -353,7 +399,10 @@ fn launch_command(loaded: &Loaded, i: usize) -> Option<(String, Vec<String>, Str
     let key = format!("applications.tenants[{i}]");
 
     if let Some(command) = &tenant.command {
-        let args = tenant.args.clone().unwrap_or_else(|| apps.framework.args.clone());
+        let args = tenant
+            .args
+            .clone()
+            .unwrap_or_else(|| apps.framework.args.clone());
         return Some((command.clone(), args, format!("{key}.command")));
     }
 
@@ -373,7 +422,10 @@ fn launch_command(loaded: &Loaded, i: usize) -> Option<(String, Vec<String>, Str
     }
 
     let command = apps.framework.command.clone()?;
-    let args = tenant.args.clone().unwrap_or_else(|| apps.framework.args.clone());
+    let args = tenant
+        .args
+        .clone()
+        .unwrap_or_else(|| apps.framework.args.clone());
     Some((command, args, "applications.framework.command".to_string()))
 }
 
@@ -412,10 +464,20 @@ mod tests {
 
     #[test]
     fn longest_prefix_wins() {
-        let index = index(&["/showcase/", "/showcase/2025/boston/", "/showcase/2025/boston/april/"]);
+        let index = index(&[
+            "/showcase/",
+            "/showcase/2025/boston/",
+            "/showcase/2025/boston/april/",
+        ]);
         let find = |path| index.find(path).map(|t| t.path.as_str());
-        assert_eq!(find("/showcase/2025/boston/april/heats"), Some("/showcase/2025/boston/april/"));
-        assert_eq!(find("/showcase/2025/boston/may/"), Some("/showcase/2025/boston/"));
+        assert_eq!(
+            find("/showcase/2025/boston/april/heats"),
+            Some("/showcase/2025/boston/april/")
+        );
+        assert_eq!(
+            find("/showcase/2025/boston/may/"),
+            Some("/showcase/2025/boston/")
+        );
         assert_eq!(find("/showcase/2025/bos"), Some("/showcase/"));
         assert_eq!(find("/showcase/2025/boston"), Some("/showcase/"));
         assert_eq!(find("/other"), None);
@@ -446,7 +508,10 @@ mod tests {
 
     #[test]
     fn default_names_from_paths() {
-        assert_eq!(default_name("/showcase", "/showcase/2025/boston/spring/"), "2025/boston/spring");
+        assert_eq!(
+            default_name("/showcase", "/showcase/2025/boston/spring/"),
+            "2025/boston/spring"
+        );
         assert_eq!(default_name("/showcase", "/showcase/"), "showcase");
         assert_eq!(default_name("", "/"), "root");
         assert_eq!(default_name("", "/app/"), "app");

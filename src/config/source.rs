@@ -102,12 +102,22 @@ impl LineIndex {
 
 fn parse_toml(text: &str) -> Result<Node, SyntaxError> {
     let index = LineIndex::new(text);
-    let table = DeTable::parse(text).map_err(|error| SyntaxError {
-        pos: error
-            .span()
-            .map(|span| index.pos(text, span.start))
-            .unwrap_or_default(),
-        message: error.message().trim().to_string(),
+    let table = DeTable::parse(text).map_err(|error| {
+        let mut message = error.message().trim().to_string();
+        let span = error.span();
+        // The parser names no key in its duplicate-key message; the span
+        // covers the key, so quote it from the source.
+        if let Some(key) = span.clone().and_then(|span| text.get(span)) {
+            if message.starts_with("duplicate key") && !key.is_empty() && key.len() < 200 {
+                message = format!("duplicate key `{}`", key.trim());
+            }
+        }
+        SyntaxError {
+            pos: span
+                .map(|span| index.pos(text, span.start))
+                .unwrap_or_default(),
+            message,
+        }
     })?;
     let pos = index.pos(text, table.span().start);
     let entries = toml_entries(table.get_ref(), &index, text)?;
@@ -558,6 +568,13 @@ mod tests {
         let text = "base: &env\n  A: 1\nother: *env\n";
         let json = to_json(&parse(text, Format::Yaml).unwrap());
         assert_eq!(json["other"]["A"], 1);
+    }
+
+    #[test]
+    fn toml_duplicate_key_named() {
+        let error = parse("[server]\nlisten = 1\nlisten = 2\n", Format::Toml).unwrap_err();
+        assert_eq!(error.pos.line, 3);
+        assert_eq!(error.message, "duplicate key `listen`");
     }
 
     #[test]

@@ -39,7 +39,10 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
     let upgrade = headers
         .get(UPGRADE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket")));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+        });
     upgrade && connection_has_token(headers, "upgrade")
 }
 
@@ -90,8 +93,12 @@ pub fn prepare_request(
         }
     }
 
-    let peer = HeaderValue::from_str(&forwarding.peer.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-    let forwarded_for = match headers.get(X_FORWARDED_FOR).filter(|_| forwarding.trust_proxy) {
+    let peer = HeaderValue::from_str(&forwarding.peer.to_string())
+        .unwrap_or(HeaderValue::from_static("unknown"));
+    let forwarded_for = match headers
+        .get(X_FORWARDED_FOR)
+        .filter(|_| forwarding.trust_proxy)
+    {
         Some(existing) => {
             let mut chain = existing.as_bytes().to_vec();
             chain.extend_from_slice(b", ");
@@ -161,7 +168,13 @@ mod tests {
     fn hop_by_hop_and_connection_named_removed() {
         let mut headers = request_headers();
         let host = headers.get(HOST).cloned();
-        prepare_request(&mut headers, host.as_ref(), forwarding(false), &HeaderValue::from_static("id"), false);
+        prepare_request(
+            &mut headers,
+            host.as_ref(),
+            forwarding(false),
+            &HeaderValue::from_static("id"),
+            false,
+        );
         for name in ["connection", "x-secret", "keep-alive", "transfer-encoding"] {
             assert!(!headers.contains_key(name), "{name} should be removed");
         }
@@ -173,7 +186,13 @@ mod tests {
     fn untrusted_forwarded_headers_replaced() {
         let mut headers = request_headers();
         let host = headers.get(HOST).cloned();
-        prepare_request(&mut headers, host.as_ref(), forwarding(false), &HeaderValue::from_static("id"), false);
+        prepare_request(
+            &mut headers,
+            host.as_ref(),
+            forwarding(false),
+            &HeaderValue::from_static("id"),
+            false,
+        );
         assert_eq!(headers[X_FORWARDED_FOR], "10.0.0.7");
         assert_eq!(headers[X_FORWARDED_PROTO], "http");
         assert_eq!(headers[X_FORWARDED_HOST], "example.test");
@@ -183,7 +202,13 @@ mod tests {
     fn trusted_forwarded_headers_kept() {
         let mut headers = request_headers();
         let host = headers.get(HOST).cloned();
-        prepare_request(&mut headers, host.as_ref(), forwarding(true), &HeaderValue::from_static("id"), false);
+        prepare_request(
+            &mut headers,
+            host.as_ref(),
+            forwarding(true),
+            &HeaderValue::from_static("id"),
+            false,
+        );
         assert_eq!(headers[X_FORWARDED_FOR], "1.2.3.4, 10.0.0.7");
         assert_eq!(headers[X_FORWARDED_PROTO], "https");
         assert_eq!(headers[X_FORWARDED_HOST], "spoofed.test");
@@ -205,7 +230,13 @@ mod tests {
         headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
         headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
         headers.insert("sec-websocket-key", HeaderValue::from_static("abc"));
-        prepare_request(&mut headers, None, forwarding(false), &HeaderValue::from_static("id"), true);
+        prepare_request(
+            &mut headers,
+            None,
+            forwarding(false),
+            &HeaderValue::from_static("id"),
+            true,
+        );
         assert_eq!(headers[UPGRADE], "websocket");
         assert_eq!(headers[CONNECTION], "upgrade");
         assert_eq!(headers["sec-websocket-key"], "abc");

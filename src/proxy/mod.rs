@@ -79,17 +79,28 @@ pub struct Forward<'a> {
 /// Sends `request` upstream and returns the upstream's response. A
 /// WebSocket upgrade answered with 101 becomes a tunnel task that copies
 /// bytes both ways until either side closes.
-pub async fn forward(client: &Client, mut request: Request<Incoming>, target: Forward<'_>) -> Result<Response<Body>, ProxyError> {
+pub async fn forward(
+    client: &Client,
+    mut request: Request<Incoming>,
+    target: Forward<'_>,
+) -> Result<Response<Body>, ProxyError> {
     let websocket = headers::is_websocket_upgrade(request.headers());
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
 
     let (mut parts, body) = request.into_parts();
-    let host = parts
-        .headers
-        .get(HOST)
-        .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-    headers::prepare_request(&mut parts.headers, host.as_ref(), target.forwarding, target.request_id, websocket);
+    let host = parts.headers.get(HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    headers::prepare_request(
+        &mut parts.headers,
+        host.as_ref(),
+        target.forwarding,
+        target.request_id,
+        websocket,
+    );
 
     let path_and_query = PathAndQuery::try_from(target.path_and_query)
         .map_err(|e| ProxyError::InvalidTarget(format!("{}: {e}", target.path_and_query)))?;
@@ -107,14 +118,17 @@ pub async fn forward(client: &Client, mut request: Request<Incoming>, target: Fo
         body.map_err(|e| Box::new(e) as BoxError).boxed()
     };
 
-    let mut response = client.request(Request::from_parts(parts, body)).await.map_err(|error| {
-        let detail = error_chain(&error);
-        if error.is_connect() {
-            ProxyError::Connect(detail)
-        } else {
-            ProxyError::Upstream(detail)
-        }
-    })?;
+    let mut response = client
+        .request(Request::from_parts(parts, body))
+        .await
+        .map_err(|error| {
+            let detail = error_chain(&error);
+            if error.is_connect() {
+                ProxyError::Connect(detail)
+            } else {
+                ProxyError::Upstream(detail)
+            }
+        })?;
 
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
@@ -177,7 +191,10 @@ impl HttpBody for GuardedBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         Pin::new(&mut self.inner)
             .poll_frame(cx)
             .map_err(|e| Box::new(e) as BoxError)

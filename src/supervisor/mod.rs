@@ -1,1 +1,8 @@
+//! Process-level building blocks for running tenants and managed processes.
+
+pub mod output;
+pub mod pidfile;
+pub mod ports;
+pub mod process;
+pub mod readiness;
 pub mod tenants;

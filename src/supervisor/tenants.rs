@@ -9,6 +9,7 @@
 //! held across an `.await`.
 
 use std::collections::HashMap;
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use tracing::{error, info, warn};
 
+use super::output::OutputSink;
 use super::pidfile;
 use super::ports::{PortLease, PortPool};
 use super::process::{self, ChildProcess, SpawnSpec};
@@ -31,7 +33,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const STABLE_UPTIME: Duration = Duration::from_secs(60);
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Why a request could not get a lease.
@@ -70,6 +74,8 @@ pub struct Instance {
     stop_requested: watch::Sender<bool>,
     /// Becomes true once the process has exited and been cleaned up.
     exited: watch::Sender<bool>,
+    /// The last stderr lines, filled in when the process exits.
+    stderr_tail: Arc<Mutex<Vec<String>>>,
     epoch: Instant,
 }
 
@@ -83,12 +89,16 @@ impl Instance {
     }
 
     fn is_idle(&self) -> bool {
-        let websockets_hold = self.spec.track_websockets && self.websockets.load(Ordering::Relaxed) > 0;
+        let websockets_hold =
+            self.spec.track_websockets && self.websockets.load(Ordering::Relaxed) > 0;
         self.in_flight.load(Ordering::Acquire) == 0 && !websockets_hold
     }
 
     fn idle_for(&self) -> Duration {
-        Duration::from_millis(self.now_ms().saturating_sub(self.last_activity.load(Ordering::Relaxed)))
+        Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.last_activity.load(Ordering::Relaxed)),
+        )
     }
 
     fn request_stop(&self) {
@@ -265,7 +275,10 @@ impl Supervisor {
                 max: AtomicUsize::new(settings.max_size),
                 freed: Notify::new(),
             },
-            ports: Mutex::new(Arc::new(PortPool::new(settings.start_port, settings.end_port))),
+            ports: Mutex::new(Arc::new(PortPool::new(
+                settings.start_port,
+                settings.end_port,
+            ))),
             settings: Mutex::new(settings.clone()),
             reaper_wake: Notify::new(),
             shutting_down: AtomicBool::new(false),
@@ -279,7 +292,9 @@ impl Supervisor {
     }
 
     fn this(&self) -> Arc<Supervisor> {
-        self.weak_self.upgrade().expect("supervisor used after drop")
+        self.weak_self
+            .upgrade()
+            .expect("supervisor used after drop")
     }
 
     fn slot(&self, name: &str) -> Arc<Slot> {
@@ -311,7 +326,9 @@ impl Supervisor {
             let wait = {
                 let mut state = lock(&slot.state);
                 match &state.phase {
-                    Phase::Running(instance) if instance.spec.launch == spec.launch && !instance.stopping() => {
+                    Phase::Running(instance)
+                        if instance.spec.launch == spec.launch && !instance.stopping() =>
+                    {
                         instance.in_flight.fetch_add(1, Ordering::AcqRel);
                         instance.requests.fetch_add(1, Ordering::Relaxed);
                         instance.touch();
@@ -356,7 +373,10 @@ impl Supervisor {
                     }
                 }
                 Wait::Exit(instance) => {
-                    if tokio::time::timeout_at(deadline, instance.wait_exited()).await.is_err() {
+                    if tokio::time::timeout_at(deadline, instance.wait_exited())
+                        .await
+                        .is_err()
+                    {
                         return Err(AcquireError::StartupTimeout);
                     }
                 }
@@ -368,7 +388,12 @@ impl Supervisor {
     /// current config: it drains while a new process starts. When both
     /// would share a PIDFILE they cannot overlap (Rails refuses to boot
     /// beside a live pid), so the old one stops first.
-    fn replace_changed(&self, state: &mut SlotState, old: &Arc<Instance>, spec: &Arc<TenantSpec>) -> Wait {
+    fn replace_changed(
+        &self,
+        state: &mut SlotState,
+        old: &Arc<Instance>,
+        spec: &Arc<TenantSpec>,
+    ) -> Wait {
         info!(tenant = %spec.name, pid = old.pid, "launch spec changed; replacing the tenant process");
         let shared_pidfile = old.spec.pidfile.is_some() && old.spec.pidfile == spec.pidfile;
         if shared_pidfile {
@@ -384,7 +409,12 @@ impl Supervisor {
 
     /// Starts one process for `slot` and reports the outcome to every
     /// request waiting on `status`.
-    async fn start(self: Arc<Self>, slot: Arc<Slot>, spec: Arc<TenantSpec>, status: watch::Sender<StartStatus>) {
+    async fn start(
+        self: Arc<Self>,
+        slot: Arc<Slot>,
+        spec: Arc<TenantSpec>,
+        status: watch::Sender<StartStatus>,
+    ) {
         let backoff = {
             let state = lock(&slot.state);
             backoff_remaining(state.failures, state.last_failure)
@@ -406,6 +436,9 @@ impl Supervisor {
                 }
                 state.phase = Phase::Running(instance);
                 status.send_replace(StartStatus::Ready);
+                // The reaper sleeps until the earliest idle deadline it
+                // knows of; a new instance brings a new deadline.
+                self.reaper_wake.notify_one();
             }
             Err(message) => {
                 self.start_failures.fetch_add(1, Ordering::Relaxed);
@@ -430,7 +463,9 @@ impl Supervisor {
     async fn launch(&self, spec: &Arc<TenantSpec>) -> Result<Arc<Instance>, String> {
         let permit = self.take_pool_place(spec).await?;
         let ports = lock(&self.ports).clone();
-        let port_lease = ports.acquire().map_err(|e| format!("no port for tenant {}: {e}", spec.name))?;
+        let port_lease = ports
+            .acquire()
+            .map_err(|e| format!("no port for tenant {}: {e}", spec.name))?;
         let port = port_lease.port();
 
         if let Some(path) = &spec.pidfile {
@@ -441,7 +476,12 @@ impl Supervisor {
         let spawn_spec = SpawnSpec {
             label: spec.name.clone(),
             program: fill_port(&spec.launch.program, port),
-            args: spec.launch.args.iter().map(|arg| fill_port(arg, port)).collect(),
+            args: spec
+                .launch
+                .args
+                .iter()
+                .map(|arg| fill_port(arg, port))
+                .collect(),
             cwd: spec.launch.cwd.clone(),
             env: spec
                 .launch
@@ -450,7 +490,7 @@ impl Supervisor {
                 .map(|(name, value)| (name.clone(), fill_port(value, port)))
                 .collect(),
         };
-        let child = process::spawn(&spawn_spec, process::OutputSink::for_tenant(&spec.name))
+        let child = process::spawn(&spawn_spec, OutputSink::new(spec.name.clone()))
             .map_err(|e| e.to_string())?;
         self.starts.fetch_add(1, Ordering::Relaxed);
         let started_at = Instant::now();
@@ -469,12 +509,13 @@ impl Supervisor {
             draining: AtomicBool::new(false),
             stop_requested,
             exited,
+            stderr_tail: Arc::new(Mutex::new(Vec::new())),
             epoch: self.epoch,
         });
         info!(tenant = %spec.name, pid = instance.pid, port, "tenant process started");
         lock(&self.instances).insert(instance.id, instance.clone());
 
-        let (exit_report, mut exit_status) = watch::channel(None::<String>);
+        let (exit_report, mut exit_status) = watch::channel(None::<Result<ExitStatus, String>>);
         let monitor = Monitor {
             supervisor: self.this(),
             instance: instance.clone(),
@@ -482,20 +523,33 @@ impl Supervisor {
             _port: port_lease,
             _permit: permit,
             exit_report,
+            stderr_tail: instance.stderr_tail.clone(),
         };
         tokio::spawn(monitor.run());
 
         let exited = async move {
-            let _ = exit_status.wait_for(|s| s.is_some()).await;
+            if exit_status.wait_for(|s| s.is_some()).await.is_err() {
+                return Err(std::io::Error::other("the process monitor ended"));
+            }
             let report = exit_status.borrow().clone();
-            report.unwrap_or_default()
+            match report {
+                Some(Ok(status)) => Ok(status),
+                Some(Err(error)) => Err(std::io::Error::other(error)),
+                None => Err(std::io::Error::other("no exit status")),
+            }
         };
         tokio::pin!(exited);
 
         if !spec.start_delay.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(spec.start_delay) => {}
-                report = &mut exited => return Err(format!("exited during start_delay: {report}")),
+                report = &mut exited => {
+                    let report = match report {
+                        Ok(status) => process::describe_status(status),
+                        Err(error) => error.to_string(),
+                    };
+                    return Err(format!("exited during start_delay: {report}{}", self.stderr_note(&instance)));
+                }
             }
         }
 
@@ -515,15 +569,31 @@ impl Supervisor {
             Err(error) => {
                 instance.request_stop();
                 let message = match error {
-                    ReadyError::Exited(report) => format!("exited before it was ready: {report}"),
-                    ReadyError::Timeout => format!(
+                    ReadyError::Exited(status) => format!(
+                        "exited before it was ready: {}{}",
+                        process::describe_status(status),
+                        self.stderr_note(&instance)
+                    ),
+                    ReadyError::WaitFailed(error) => {
+                        format!("waiting for the process failed: {error}")
+                    }
+                    ReadyError::Timeout(after) => format!(
                         "not ready within {} ms (no HTTP answer on port {port} at {})",
-                        spec.ready_timeout.as_millis(),
+                        after.as_millis(),
                         spec.health_check
                     ),
                 };
                 Err(message)
             }
+        }
+    }
+
+    /// The last stderr lines of an exited instance, for failure messages.
+    fn stderr_note(&self, instance: &Instance) -> String {
+        let tail = lock(&instance.stderr_tail);
+        match tail.len() {
+            0 => String::new(),
+            n => format!("; last stderr: {}", tail[n.saturating_sub(5)..].join(" | ")),
         }
     }
 
@@ -590,17 +660,16 @@ impl Supervisor {
             Phase::Running(current) | Phase::Stopping(current) => current.id == instance.id,
             _ => false,
         };
-        if current {
-            state.phase = Phase::Stopped;
+        // An instance that never became current (a failed start) leaves
+        // the failure count to the start task.
+        if !current {
+            return;
         }
-        if unexpected && current {
-            if instance.started_at.elapsed() < STABLE_UPTIME {
-                state.failures = state.failures.saturating_add(1);
-                state.last_failure = Some(Instant::now());
-            } else {
-                state.failures = 0;
-            }
-        } else if !unexpected {
+        state.phase = Phase::Stopped;
+        if unexpected && instance.started_at.elapsed() < STABLE_UPTIME {
+            state.failures = state.failures.saturating_add(1);
+            state.last_failure = Some(Instant::now());
+        } else {
             state.failures = 0;
         }
     }
@@ -614,7 +683,8 @@ impl Supervisor {
             let timeout = lock(&self.settings).idle_timeout;
             let mut next_check = Duration::from_secs(3600);
             if !timeout.is_zero() {
-                let candidates: Vec<Arc<Instance>> = lock(&self.instances).values().cloned().collect();
+                let candidates: Vec<Arc<Instance>> =
+                    lock(&self.instances).values().cloned().collect();
                 for instance in candidates {
                     if instance.stopping() {
                         continue;
@@ -652,7 +722,7 @@ impl Supervisor {
         self.gate.max.store(settings.max_size, Ordering::Relaxed);
         {
             let mut ports = lock(&self.ports);
-            if ports.range() != (settings.start_port, settings.end_port) {
+            if (ports.start(), ports.end()) != (settings.start_port, settings.end_port) {
                 *ports = Arc::new(PortPool::new(settings.start_port, settings.end_port));
             }
         }
@@ -758,7 +828,8 @@ struct Monitor {
     child: ChildProcess,
     _port: PortLease,
     _permit: GatePermit,
-    exit_report: watch::Sender<Option<String>>,
+    exit_report: watch::Sender<Option<Result<ExitStatus, String>>>,
+    stderr_tail: Arc<Mutex<Vec<String>>>,
 }
 
 impl Monitor {
@@ -770,32 +841,28 @@ impl Monitor {
 
         let (status, unexpected) = tokio::select! {
             status = self.child.wait() => (status, true),
-            _ = stop.wait_for(|requested| *requested) => {
+            _ = async { let _ = stop.wait_for(|requested| *requested).await; } => {
                 // TODO: run the tenant stop hooks here, before SIGTERM.
                 (self.child.stop(grace).await, false)
             }
         };
         let report = match &status {
-            Ok(status) => status.to_string(),
+            Ok(status) => process::describe_status(*status),
             Err(error) => format!("wait failed: {error}"),
         };
+        let tail = self.child.stderr_tail();
         if unexpected {
-            let tail = self.child.stderr_tail();
             warn!(tenant = %name, pid, status = %report, stderr = ?tail, "tenant process exited unexpectedly");
         } else {
             info!(tenant = %name, pid, status = %report, "tenant process stopped");
         }
-        let report = if unexpected {
-            let tail = self.child.stderr_tail();
-            if tail.is_empty() { report } else { format!("{report}; stderr: {}", tail.join(" | ")) }
-        } else {
-            report
-        };
+        *lock(&self.stderr_tail) = tail;
 
         if let Some(path) = &self.instance.spec.pidfile {
             pidfile::remove(path);
         }
-        self.exit_report.send_replace(Some(report));
+        self.exit_report
+            .send_replace(Some(status.map_err(|e| e.to_string())));
         self.supervisor.on_exit(&self.instance, unexpected);
         drop(self._port);
         drop(self._permit);

@@ -61,7 +61,12 @@ impl LogBook {
     }
 
     pub fn count(&self, needle: &str) -> usize {
-        self.lines.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     /// Waits until a line containing `needle` appears; returns it.
@@ -155,7 +160,13 @@ impl Navigator {
         self.request("GET", path, &[], b"")
     }
 
-    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> HttpResponse {
         http_request(self.address, method, path, headers, body)
     }
 
@@ -210,13 +221,21 @@ pub fn parse_field(line: &str, name: &str) -> Option<String> {
     let text_key = format!("{name}=");
     if let Some(start) = line.find(&text_key) {
         let rest = &line[start + text_key.len()..];
-        let value: String = rest.trim_start_matches('"').chars().take_while(|c| !c.is_whitespace() && *c != '"').collect();
+        let value: String = rest
+            .trim_start_matches('"')
+            .chars()
+            .take_while(|c| !c.is_whitespace() && *c != '"')
+            .collect();
         return Some(value);
     }
     let json_key = format!("\"{name}\":");
     let start = line.find(&json_key)?;
     let rest = line[start + json_key.len()..].trim_start_matches('"');
-    Some(rest.chars().take_while(|c| *c != '"' && *c != ',' && *c != '}').collect())
+    Some(
+        rest.chars()
+            .take_while(|c| *c != '"' && *c != ',' && *c != '}')
+            .collect(),
+    )
 }
 
 #[derive(Debug)]
@@ -239,14 +258,23 @@ impl HttpResponse {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("invalid JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("invalid JSON ({e}): {}", self.text()))
     }
 }
 
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`).
-pub fn http_request(address: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+pub fn http_request(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
     let mut stream = TcpStream::connect(address).expect("connect to navigator");
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     let mut head = format!("{method} {path} HTTP/1.1\r\n");
     if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
         head.push_str("Host: localhost\r\n");
@@ -262,7 +290,8 @@ pub fn http_request(address: SocketAddr, method: &str, path: &str, headers: &[(&
     stream.write_all(body).unwrap();
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw);
-    parse_response(&raw, method == "HEAD").unwrap_or_else(|| panic!("malformed response: {:?}", String::from_utf8_lossy(&raw)))
+    parse_response(&raw, method == "HEAD")
+        .unwrap_or_else(|| panic!("malformed response: {:?}", String::from_utf8_lossy(&raw)))
 }
 
 /// Sends raw bytes and returns whatever comes back until the server closes
@@ -287,9 +316,9 @@ pub fn parse_response(raw: &[u8], head_only: bool) -> Option<HttpResponse> {
         .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
         .collect();
     let rest = &raw[split + 4..];
-    let chunked = headers
-        .iter()
-        .any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked"));
+    let chunked = headers.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
     let body = if head_only {
         Vec::new()
     } else if chunked {
@@ -297,7 +326,11 @@ pub fn parse_response(raw: &[u8], head_only: bool) -> Option<HttpResponse> {
     } else {
         rest.to_vec()
     };
-    Some(HttpResponse { status, headers, body })
+    Some(HttpResponse {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
@@ -319,7 +352,10 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
 pub fn process_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
-            let state = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next());
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next());
             !matches!(state, Some("Z") | Some("X"))
         }
         Err(_) => false,
@@ -349,6 +385,7 @@ pub struct Showcase {
     pub applications: String,
     pub extra: String,
     pub maintenance: bool,
+    pub startup_timeout: &'static str,
 }
 
 impl Default for Showcase {
@@ -360,15 +397,33 @@ impl Default for Showcase {
             applications: String::new(),
             extra: String::new(),
             maintenance: false,
+            startup_timeout: "20s",
         }
     }
 }
 
 pub const STUDIOS: [&str; 12] = [
-    "boston", "raleigh", "annapolis", "livermore", "millbrae", "adelaide", "barcelona", "montreal", "kobe", "salem",
-    "clearwater", "richmond",
+    "boston",
+    "raleigh",
+    "annapolis",
+    "livermore",
+    "millbrae",
+    "adelaide",
+    "barcelona",
+    "montreal",
+    "kobe",
+    "salem",
+    "clearwater",
+    "richmond",
 ];
-pub const EVENTS: [&str; 6] = ["april", "october", "medal-ball", "showcase", "disney", "spring"];
+pub const EVENTS: [&str; 6] = [
+    "april",
+    "october",
+    "medal-ball",
+    "showcase",
+    "disney",
+    "spring",
+];
 
 /// The path segment of event `i`: `YEAR/STUDIO/EVENT`, unique for any i.
 pub fn event_scope(i: usize) -> String {
@@ -407,7 +462,7 @@ enabled = {maintenance}
 
 [applications]
 health_check = "/up"
-startup_timeout = "20s"
+startup_timeout = "{startup_timeout}"
 {applications}
 
 [applications.framework]
@@ -432,6 +487,7 @@ env = {{ RAILS_APP_OWNER = "Index" }}
 "#,
             maintenance = self.maintenance,
             applications = self.applications,
+            startup_timeout = self.startup_timeout,
             tenant_env = self
                 .tenant_env
                 .iter()
@@ -459,12 +515,28 @@ pub fn write_public_tree(dir: &Path) {
     for sub in ["assets", "studios", "2025/boston", "docs"] {
         std::fs::create_dir_all(public.join(sub)).unwrap();
     }
-    std::fs::write(public.join("503.html"), "<html><body>maintenance page</body></html>\n").unwrap();
-    std::fs::write(public.join("assets/app-1234.css"), "body { color: black }\n").unwrap();
-    std::fs::write(public.join("assets/app-1234.js"), "console.log('hi');\n".repeat(200)).unwrap();
+    std::fs::write(
+        public.join("503.html"),
+        "<html><body>maintenance page</body></html>\n",
+    )
+    .unwrap();
+    std::fs::write(
+        public.join("assets/app-1234.css"),
+        "body { color: black }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        public.join("assets/app-1234.js"),
+        "console.log('hi');\n".repeat(200),
+    )
+    .unwrap();
     std::fs::write(public.join("studios/index.html"), "<h1>studios</h1>\n").unwrap();
     std::fs::write(public.join("studios/millbrae.html"), "<h1>millbrae</h1>\n").unwrap();
-    std::fs::write(public.join("2025/boston/index.html"), "<h1>boston 2025</h1>\n").unwrap();
+    std::fs::write(
+        public.join("2025/boston/index.html"),
+        "<h1>boston 2025</h1>\n",
+    )
+    .unwrap();
     std::fs::write(public.join("docs/index.html"), "<h1>docs</h1>\n").unwrap();
     std::fs::write(public.join(".secret"), "hidden\n").unwrap();
     std::fs::write(dir.join("outside.txt"), "outside public\n").unwrap();
