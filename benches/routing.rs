@@ -13,9 +13,31 @@ use navigator::compile::Snapshot;
 use navigator::config::{load_str, source::Format};
 
 const STUDIOS: [&str; 25] = [
-    "boston", "raleigh", "annapolis", "livermore", "millbrae", "adelaide", "barcelona", "montreal", "kobe", "salem",
-    "clearwater", "richmond", "sydney", "perth", "milano", "torino", "vicenza", "warsaw", "kyiv", "chicago", "dayton",
-    "everett", "fremont", "stockton", "vabeach",
+    "boston",
+    "raleigh",
+    "annapolis",
+    "livermore",
+    "millbrae",
+    "adelaide",
+    "barcelona",
+    "montreal",
+    "kobe",
+    "salem",
+    "clearwater",
+    "richmond",
+    "sydney",
+    "perth",
+    "milano",
+    "torino",
+    "vicenza",
+    "warsaw",
+    "kyiv",
+    "chicago",
+    "dayton",
+    "everett",
+    "fremont",
+    "stockton",
+    "vabeach",
 ];
 
 /// A Showcase-shaped config with `tenants` events spread over years,
@@ -54,7 +76,8 @@ var = { database = "index" }
             "[[applications.tenants]]\npath = \"/showcase/{year}/{studio}{extra}/{event}/\"\nvar = {{ database = \"{year}-{studio}{extra}-{event}\" }}\n"
         ));
     }
-    let loaded = load_str(&text, Format::Toml, Path::new("bench.toml"), &|_| None).expect("config loads");
+    let loaded =
+        load_str(&text, Format::Toml, Path::new("bench.toml"), &|_| None).expect("config loads");
     Snapshot::compile(loaded, &|_| None).expect("config compiles")
 }
 

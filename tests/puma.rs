@@ -61,7 +61,10 @@ fn sqlite_count(database: &std::path::Path) -> u64 {
         .arg("SELECT count(*) FROM visits")
         .output()
         .expect("run sqlite3");
-    String::from_utf8_lossy(&output.stdout).trim().parse().unwrap_or(0)
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
 }
 
 #[test]
@@ -84,7 +87,13 @@ fn three_puma_events_each_with_own_database() {
                         &[("Accept", "application/json")],
                         b"",
                     );
-                    assert_eq!(response.status, 200, "{scope}: {}\n{}", response.text(), navigator.logs.text());
+                    assert_eq!(
+                        response.status,
+                        200,
+                        "{scope}: {}\n{}",
+                        response.text(),
+                        navigator.logs.text()
+                    );
                     response.json()
                 })
             })
@@ -106,19 +115,39 @@ fn three_puma_events_each_with_own_database() {
 
     // More visits to one event only; the other databases stay as they were.
     for _ in 0..4 {
-        let response = navigator.request("POST", "/showcase/2025/boston/april/entries", &[], b"dancer=ann");
+        let response = navigator.request(
+            "POST",
+            "/showcase/2025/boston/april/entries",
+            &[],
+            b"dancer=ann",
+        );
         assert_eq!(response.status, 200, "{}", response.text());
     }
-    assert_eq!(sqlite_count(&navigator.path("db/2025-boston-april.sqlite3")), 5);
-    assert_eq!(sqlite_count(&navigator.path("db/2025-raleigh-disney.sqlite3")), 1);
+    assert_eq!(
+        sqlite_count(&navigator.path("db/2025-boston-april.sqlite3")),
+        5
+    );
+    assert_eq!(
+        sqlite_count(&navigator.path("db/2025-raleigh-disney.sqlite3")),
+        1
+    );
     assert_eq!(sqlite_count(&navigator.path("db/2024-raleigh.sqlite3")), 1);
-    assert!(navigator.logs.count("[2025/boston/april.stdout]") > 0, "Puma output is captured");
+    assert!(
+        navigator.logs.count("[2025/boston/april.stdout]") > 0,
+        "Puma output is captured"
+    );
 
     assert_eq!(navigator.stop(), Some(0));
     for pid in pids {
-        assert!(eventually(Duration::from_secs(10), || !process_alive(pid)), "Puma {pid} left running");
+        assert!(
+            eventually(Duration::from_secs(10), || !process_alive(pid)),
+            "Puma {pid} left running"
+        );
     }
     for (_, database) in EVENTS {
-        assert!(!navigator.path(&format!("pids/{database}.pid")).exists(), "{database} pid file removed");
+        assert!(
+            !navigator.path(&format!("pids/{database}.pid")).exists(),
+            "{database} pid file removed"
+        );
     }
 }

@@ -209,16 +209,29 @@ impl ChildProcess {
     /// Waits for the child to exit, reaps it, and gives its output up to
     /// 250 ms to drain. Cancel-safe: a later call returns the same status.
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
-        let status = match self.status {
-            Some(status) => status,
+        let status = self.wait_exit().await?;
+        self.drain_output().await;
+        Ok(status)
+    }
+
+    /// Waits for the child to exit and reaps it, without waiting for its
+    /// output; callers that must react to the exit at once use this and
+    /// [`ChildProcess::drain_output`] afterwards. Cancel-safe.
+    pub async fn wait_exit(&mut self) -> io::Result<ExitStatus> {
+        match self.status {
+            Some(status) => Ok(status),
             None => {
                 let status = self.child.wait().await?;
                 self.record_exit(status);
-                status
+                Ok(status)
             }
-        };
+        }
+    }
+
+    /// Gives the output readers up to 250 ms to reach end of file, so the
+    /// last lines are logged and in the stderr tail.
+    pub async fn drain_output(&self) {
         self.output.drained(OUTPUT_DRAIN_LIMIT).await;
-        Ok(status)
     }
 
     /// Returns the exit status without blocking, reaping the child when it

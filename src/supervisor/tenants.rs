@@ -840,12 +840,22 @@ impl Monitor {
         let grace = lock(&self.supervisor.settings).grace_period;
 
         let (status, unexpected) = tokio::select! {
-            status = self.child.wait() => (status, true),
+            status = self.child.wait_exit() => (status, true),
             _ = async { let _ = stop.wait_for(|requested| *requested).await; } => {
                 // TODO: run the tenant stop hooks here, before SIGTERM.
                 (self.child.stop(grace).await, false)
             }
         };
+
+        // Cleanup comes before anything slow, so requests stop being
+        // routed to a dead process at once. The PIDFILE goes first: once
+        // the slot is stopped a replacement may start and write its own.
+        if let Some(path) = &self.instance.spec.pidfile {
+            pidfile::remove(path);
+        }
+        self.supervisor.on_exit(&self.instance, unexpected);
+
+        self.child.drain_output().await;
         let report = match &status {
             Ok(status) => process::describe_status(*status),
             Err(error) => format!("wait failed: {error}"),
@@ -857,13 +867,8 @@ impl Monitor {
             info!(tenant = %name, pid, status = %report, "tenant process stopped");
         }
         *lock(&self.stderr_tail) = tail;
-
-        if let Some(path) = &self.instance.spec.pidfile {
-            pidfile::remove(path);
-        }
         self.exit_report
             .send_replace(Some(status.map_err(|e| e.to_string())));
-        self.supervisor.on_exit(&self.instance, unexpected);
         drop(self._port);
         drop(self._permit);
         self.instance.exited.send_replace(true);
