@@ -33,9 +33,13 @@ fn main() -> std::io::Result<()> {
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
                 let service = service_fn(|_request: Request<hyper::body::Incoming>| async {
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello, world\n"))))
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                        b"hello, world\n",
+                    ))))
                 });
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
         }
     })

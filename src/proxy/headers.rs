@@ -33,7 +33,7 @@ pub struct Forwarding {
     pub trust_proxy: bool,
 }
 
-/// Whether the request asks for a WebSocket upgrade; other upgrade
+/// Returns whether the request is a WebSocket upgrade. Other upgrade
 /// protocols (`h2c` above all) are never honoured.
 pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
     let upgrade = headers
