@@ -19,6 +19,7 @@ use crate::access_log::{self, AccessRecord, Answer};
 use crate::app::App;
 use crate::body::{self, Body};
 use crate::canonical;
+use crate::cgi;
 use crate::compile::{Snapshot, TenantSpec};
 use crate::proxy::{self, Forward, Forwarding, ProxyError, headers::X_REQUEST_ID};
 use crate::responses;
@@ -37,6 +38,8 @@ pub struct RequestContext {
     pub connection: Connection,
     pub request_id: HeaderValue,
     pub record: AccessRecord,
+    /// The user authenticated by step 4; `REMOTE_USER` for CGI scripts.
+    pub user: Option<String>,
 }
 
 /// Serves one request: runs the pipeline and attaches the access-log
@@ -69,6 +72,7 @@ pub async fn handle(
         connection,
         request_id,
         record,
+        user: None,
     };
 
     let mut response = route(&app, &mut context, request).await;
@@ -136,7 +140,9 @@ async fn route(
     }
 
     // 7. CGI scripts.
-    // TODO: CGI scripts configured for this exact path answer here.
+    if let Some(script) = cgi::find(&snapshot, &path, &head.method) {
+        return cgi::serve(app, context, script, head, body).await;
+    }
 
     // 8. Reverse proxy routes.
     // TODO: reverse proxy routes answer here (first match).

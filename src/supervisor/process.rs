@@ -69,6 +69,33 @@ pub struct ChildProcess {
 /// The error names the program and the working directory, e.g.
 /// "failed to start `bin/rails` in /rails: No such file or directory".
 pub fn spawn(spec: &SpawnSpec, output: OutputSink) -> io::Result<ChildProcess> {
+    spawn_with(spec, output, false).map(|(child, _)| child)
+}
+
+/// The standard input and output of a child started by [`spawn_piped`].
+pub struct Pipes {
+    pub stdin: tokio::process::ChildStdin,
+    pub stdout: tokio::process::ChildStdout,
+}
+
+/// Starts `spec` like [`spawn`], but hands its stdin and stdout to the
+/// caller instead of `/dev/null` and the log; only stderr goes to `output`.
+/// The child inherits nothing of navigator's environment: `spec.env` is
+/// all it gets. For programs that speak a protocol on those streams and
+/// whose environment must hold only what the caller vouches for, such as
+/// CGI scripts.
+pub fn spawn_piped(spec: &SpawnSpec, output: OutputSink) -> io::Result<(ChildProcess, Pipes)> {
+    let (child, pipes) = spawn_with(spec, output, true)?;
+    let pipes = pipes
+        .ok_or_else(|| io::Error::other(format!("`{}` started without pipes", spec.program)))?;
+    Ok((child, pipes))
+}
+
+fn spawn_with(
+    spec: &SpawnSpec,
+    output: OutputSink,
+    piped: bool,
+) -> io::Result<(ChildProcess, Option<Pipes>)> {
     let runtime = Handle::try_current().map_err(|_| {
         io::Error::other(format!(
             "failed to start `{}`: spawn must be called inside a tokio runtime",
@@ -80,12 +107,16 @@ pub fn spawn(spec: &SpawnSpec, output: OutputSink) -> io::Result<ChildProcess> {
     command
         .args(&spec.args)
         .envs(spec.env.iter().map(|(name, value)| (name, value)))
-        .stdin(Stdio::null())
+        .stdin(if piped { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Backstop for a leader that outlives its ChildProcess; Drop below
         // also kills the rest of the group.
         .kill_on_drop(true);
+    if piped {
+        command.env_clear();
+        command.envs(spec.env.iter().map(|(name, value)| (name, value)));
+    }
     if let Some(cwd) = &spec.cwd {
         command.current_dir(cwd);
     }
@@ -116,16 +147,26 @@ pub fn spawn(spec: &SpawnSpec, output: OutputSink) -> io::Result<ChildProcess> {
             spec.program
         ))
     })?;
-    let output = output::capture(output, child.stdout.take(), child.stderr.take());
+    let pipes = if piped {
+        match (child.stdin.take(), child.stdout.take()) {
+            (Some(stdin), Some(stdout)) => Some(Pipes { stdin, stdout }),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let stdout = if piped { None } else { child.stdout.take() };
+    let output = output::capture(output, stdout, child.stderr.take());
     tracing::info!(tenant = %spec.label, pid, program = %spec.program, "started process");
 
-    Ok(ChildProcess {
+    let child = ChildProcess {
         label: spec.label.clone(),
         pid,
         child,
         status: None,
         output,
-    })
+    };
+    Ok((child, pipes))
 }
 
 /// Runs in the forked child before exec; see the SAFETY comment in `spawn`.
