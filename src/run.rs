@@ -1,5 +1,5 @@
 //! The server's lifecycle: load the config, listen, serve, reload on
-//! SIGHUP, and shut down on SIGTERM or SIGINT.
+//! SIGHUP, reopen log files on SIGUSR1, and shut down on SIGTERM or SIGINT.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,8 +10,10 @@ use tracing::{error, info, warn};
 
 use crate::app::App;
 use crate::compile::{self, Snapshot};
+use crate::log_shipping;
 use crate::logging::{self, LogControl};
 use crate::server;
+use crate::supervisor::cgroup;
 
 /// Runs navigator with `config_path` until it is told to stop. Returns the
 /// process exit code: 0 after a clean shutdown, 1 on a runtime failure, 2
@@ -29,6 +31,7 @@ pub async fn run(config_path: PathBuf) -> i32 {
         }
     };
     log.set_format(snapshot.config.logging.format);
+    log_shipping::configure(&snapshot.config.logging);
     info!(
         config = %config_path.display(),
         tenants = snapshot.tenants.len(),
@@ -74,6 +77,7 @@ pub async fn run(config_path: PathBuf) -> i32 {
         _ = async {
             let _ = server_task.await;
             app.supervisor.shutdown().await;
+            cgroup::remove_navigator_cgroup();
         } => {}
         _ = second_signal => {
             warn!("second signal; exiting at once");
@@ -88,16 +92,18 @@ pub async fn run(config_path: PathBuf) -> i32 {
     }
     remove_pid_file(&pid_file);
     info!("navigator stopped");
+    log_shipping::shutdown().await;
     code
 }
 
 async fn wait_for_signals(app: &Arc<App>, log: &LogControl) -> i32 {
-    let (mut terminate, mut hangup) = match (
+    let (mut terminate, mut hangup, mut reopen) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
     ) {
-        (Ok(terminate), Ok(hangup)) => (terminate, hangup),
-        (Err(error), _) | (_, Err(error)) => {
+        (Ok(terminate), Ok(hangup), Ok(reopen)) => (terminate, hangup, reopen),
+        (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => {
             error!(error = %error, "cannot install signal handlers");
             return 1;
         }
@@ -107,6 +113,7 @@ async fn wait_for_signals(app: &Arc<App>, log: &LogControl) -> i32 {
             _ = terminate.recv() => return 0,
             _ = tokio::signal::ctrl_c() => return 0,
             _ = hangup.recv() => reload(app, log),
+            _ = reopen.recv() => log_shipping::reopen(),
         }
     }
 }
@@ -117,6 +124,7 @@ pub fn reload(app: &App, log: &LogControl) {
     match compile::load_snapshot(&app.config_path) {
         Ok(snapshot) => {
             log.set_format(snapshot.config.logging.format);
+            log_shipping::configure(&snapshot.config.logging);
             apply_reload(app, snapshot);
         }
         Err(errors) => {

@@ -25,6 +25,7 @@ use super::process::{self, ChildProcess, SpawnSpec};
 use super::readiness::{self, ReadyError};
 use crate::compile::{PoolSettings, Snapshot, TenantSpec};
 use crate::config::expand::fill_port;
+use crate::log_shipping;
 
 /// Longest wait between restarts of a tenant that keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -498,7 +499,8 @@ impl Supervisor {
             group: spec.launch.group.clone(),
             cgroup: cgroup.as_ref().map(|cgroup| cgroup.path().to_path_buf()),
         };
-        let output = OutputSink::new(spec.name.clone());
+        let output = OutputSink::new(spec.name.clone())
+            .with_hook(log_shipping::tenant_output_hook(&spec.name));
         let child = process::spawn(&spawn_spec, output).map_err(|e| e.to_string())?;
         self.starts.fetch_add(1, Ordering::Relaxed);
         let started_at = Instant::now();
