@@ -1,8 +1,8 @@
-//! Tenant isolation: processes run as the configured user with no
-//! supplementary groups, inside a memory-limited cgroup; an OOM kill is
-//! logged and the next request starts the tenant again; the cgroup goes
-//! away with the process. Needs root and a cgroup memory controller; each
-//! test prints why it skips where they are missing.
+//! Tenant isolation. Processes run as the configured user with no
+//! supplementary groups, inside a memory-limited cgroup. An OOM kill is
+//! logged and the next request starts the tenant again, and the cgroup
+//! goes away with the process. The tests need root and a cgroup memory
+//! controller, and each prints why it skips where they are missing.
 
 mod support;
 
@@ -317,4 +317,47 @@ fn cgroup_removed_after_idle_stop() {
         peak.parse::<f64>().is_ok_and(|mib| mib >= 16.0),
         "{stopped}"
     );
+}
+
+#[test]
+fn unprivileged_navigator_runs_tenants_unchanged() {
+    if !is_root() || support::skip_without("setpriv") {
+        return;
+    }
+    let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
+        eprintln!("skipped: no user `nobody` on this machine");
+        return;
+    };
+    let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
+    let dir = tempfile::tempdir().unwrap();
+    support::write_public_tree(dir.path());
+    let binary = executable_for_others(dir.path());
+    give_to(dir.path(), uid, gid);
+
+    let config = Showcase {
+        pools: "user = \"root\"\ndefault_memory_limit = \"64M\"".into(),
+        ..Showcase::default()
+    }
+    .toml()
+    .replace("@NAVIGATOR@", &binary.display().to_string());
+    let reuid = format!("--reuid={uid}");
+    let regid = format!("--regid={gid}");
+    let navigator = Navigator::start_wrapped(
+        dir,
+        &config,
+        &[],
+        &["setpriv", &reuid, &regid, "--clear-groups", "--"],
+    );
+
+    // Neither the user switch nor the memory limit is possible: both are
+    // logged once and every tenant still starts as navigator's user.
+    for i in 0..2 {
+        let body = json_get(&navigator, &format!("/showcase/{}/", event_scope(i)));
+        assert_eq!(body["uid"], uid);
+        assert_eq!(body["gid"], gid);
+    }
+    assert_eq!(navigator.logs.count("navigator is not running as root"), 1);
+    assert_eq!(navigator.logs.count("memory limits are not enforced"), 1);
+    let started = navigator.logs.count("tenant process started");
+    assert_eq!(started, 2, "log:\n{}", navigator.logs.text());
 }

@@ -51,7 +51,7 @@ fn tenant_and_navigator_files_split_by_app() {
     let navigator_log = navigator.path("log/navigator.log");
     assert!(wait_for_line(
         &navigator_log,
-        "uri=/showcase/2025/boston/april/hello"
+        &format!("uri=/showcase/{}/hello", scopes[0])
     ));
     for scope in &scopes {
         let file = navigator.path(&format!("log/{}.log", scope.replace('/', "-")));
@@ -99,7 +99,7 @@ fn shared_file_keeps_concurrent_lines_whole() {
     let complete = |lines: &[String]| {
         scopes.iter().all(|scope| {
             let last = format!("[{scope}.stdout] flood line {FLOOD} of {FLOOD}");
-            lines.iter().any(|line| *line == last)
+            lines.contains(&last)
         })
     };
     assert!(
@@ -471,4 +471,44 @@ fn vector_process_restarted_after_exit() {
     assert!(eventually(Duration::from_secs(5), || {
         !support::process_alive(second)
     }));
+}
+
+#[test]
+fn reload_switches_log_file_and_format() {
+    let navigator = start_showcase(&logging("file = \"@DIR@/text/{{app}}.log\""));
+    let scope = event_scope(7);
+    get_ok(&navigator, &format!("/showcase/{scope}/first"));
+    let text_log = navigator.path("text/navigator.log");
+    assert!(wait_for_line(
+        &text_log,
+        &format!("uri=/showcase/{scope}/first")
+    ));
+
+    let reloaded = logging("format = \"json\"\nfile = \"@DIR@/json/{{app}}.log\"");
+    support::write_config(&navigator.config, &reloaded.toml(), navigator.dir.path());
+    navigator.signal(Signal::SIGHUP);
+    assert!(
+        navigator
+            .logs
+            .wait_for("reload applied", Duration::from_secs(10))
+            .is_some()
+    );
+    get_ok(&navigator, &format!("/showcase/{scope}/second"));
+
+    let json_log = navigator.path("json/navigator.log");
+    assert!(wait_for_line(&json_log, "/second"));
+    let record: serde_json::Value = serde_json::from_str(
+        &read_lines(&json_log)
+            .into_iter()
+            .find(|line| line.contains("/second"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["stream"], "access");
+    assert!(
+        read_lines(&text_log)
+            .iter()
+            .all(|line| !line.contains("/second")),
+        "a line after the reload went to the old file"
+    );
 }

@@ -117,8 +117,8 @@ impl FileWriter {
         self.controls
             .reopen_generation
             .fetch_add(1, Ordering::Release);
-        // With a full queue the writer is busy and sees the request before
-        // its next line anyway.
+        // With a full queue the writer is busy and notices the request
+        // before its next line anyway.
         let _ = self.sender.try_send(Command::Wake);
     }
 

@@ -6,7 +6,7 @@
 //!   [`ShippingLayer`]; they follow `LOG_LEVEL` like stderr does and go to
 //!   the file whose `{{app}}` is `navigator`;
 //! - child output, through the [`LineHook`] of each child's output sink
-//!   ([`tenant_output_hook`], [`process_output_hook`]); every line goes to
+//!   ([`tenant_output_hook`], [`process_output_hook`]). Every line goes to
 //!   the file whose `{{app}}` is the tenant or process name, whatever the
 //!   log level.
 //!
@@ -51,7 +51,8 @@ struct Outputs {
 
 static OUTPUTS: ArcSwapOption<Outputs> = ArcSwapOption::const_empty();
 
-/// What `configure` started, kept to compare with the next config.
+/// Destinations started by `configure`, kept to compare with the next
+/// config.
 #[derive(Default)]
 struct Running {
     files: Option<Arc<FileWriter>>,
@@ -113,7 +114,7 @@ pub fn configure(logging: &Logging) {
         (None, _) => running.files = None,
     }
 
-    let wanted = logging.vector.enabled.then(|| VectorSettings {
+    let requested = logging.vector.enabled.then(|| VectorSettings {
         socket: logging
             .vector
             .socket
@@ -122,10 +123,10 @@ pub fn configure(logging: &Logging) {
         config: logging.vector.config.clone(),
     });
     let current = running.vector.as_ref().map(|(settings, _)| settings);
-    if wanted.as_ref() != current {
+    if requested.as_ref() != current {
         // Dropping the old shipping stops its tasks and its Vector process.
         running.vector = None;
-        if let Some(settings) = wanted {
+        if let Some(settings) = requested {
             if tokio::runtime::Handle::try_current().is_err() {
                 tracing::error!("logging.vector needs the async runtime; records are not shipped");
             } else {

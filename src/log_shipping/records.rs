@@ -1,11 +1,12 @@
 //! Log records as the log files and Vector receive them: one line each,
 //! text or JSON.
 //!
-//! JSON records have the shape Navigator (the Go program) sends to Vector,
-//! so existing Vector pipelines keep working: `@timestamp`, `source` (the
-//! tenant or process name, or `navigator`), `stream`, `message`, plus
-//! `level`, `tenant` and the event's own fields (an access record carries
-//! all its fields: `status`, `uri`, `duration_ms`...).
+//! JSON records have the shape that Navigator (the Go program) sends to
+//! Vector, so existing Vector pipelines keep working. They contain
+//! `@timestamp`, `source` (the tenant or process name, or `navigator`),
+//! `stream` and `message`, plus `level`, `tenant` and the event's own
+//! fields. An access record carries all its fields (`status`, `uri`,
+//! `duration_ms`...).
 
 use std::fmt::Write as _;
 
@@ -202,7 +203,7 @@ impl Visit for EventRecord {
     }
 }
 
-/// Who wrote a line of child output.
+/// Writer of a line of child output.
 #[derive(Debug, Clone, Copy)]
 pub enum OutputSource<'a> {
     Tenant(&'a str),

@@ -3,7 +3,7 @@
 //! child process.
 //!
 //! Records go through a bounded queue to one client task. While the socket
-//! is connected, the task writes every record; while it is not (Vector
+//! is connected, the task writes every record. While it is not (Vector
 //! down or restarting), records are dropped and counted, and the task
 //! reconnects with backoff. Serving never waits for Vector.
 
@@ -73,9 +73,8 @@ impl VectorShipping {
         let (stop, stopped) = watch::channel(false);
 
         let mut tasks = Vec::new();
-        // NOTE: Vector is supervised here with its own small restart loop;
-        // it belongs with the other managed processes once that module
-        // exists, started from this config section.
+        // NOTE: Vector is supervised by its own small restart loop here. It
+        // belongs with the other managed processes once that module exists.
         if let Some(config) = config {
             tasks.push(tokio::spawn(run_vector(config, stopped.clone())));
         }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// Name of the directory below navigator's own cgroup that holds its
+/// Name of the directory below navigator's own cgroup that contains its
 /// tenant cgroups.
 const NAVIGATOR_DIR: &str = "navigator";
 
@@ -122,7 +122,7 @@ pub fn remove_navigator_cgroup() {
 
 impl MemoryController {
     /// Finds the memory controller of this process and prepares
-    /// `<own>/navigator/<pid>`. The error says why limits cannot be used.
+    /// `<own>/navigator/<pid>`. The error explains why limits cannot be used.
     pub fn detect() -> Result<MemoryController, String> {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo")
             .map_err(|error| format!("cannot read /proc/self/mountinfo: {error}"))?;
@@ -232,7 +232,7 @@ impl MemoryController {
 
     /// Creates a fresh directory for `tenant`: its sanitized name, or with
     /// a `.N` suffix while an earlier process of the same tenant (a draining
-    /// one after a reload) still holds that name.
+    /// one after a reload) still uses that name.
     fn claim_directory(&self, tenant: &str) -> io::Result<(String, PathBuf)> {
         let stem = directory_name(tenant);
         let mut in_use = lock(&self.names_in_use);
@@ -301,7 +301,7 @@ pub struct MemoryUsage {
     pub limit_hits: Option<u64>,
 }
 
-/// What a tenant cgroup recorded about a process that exited.
+/// Counters a tenant cgroup recorded about a process that exited.
 #[derive(Debug, Clone)]
 pub struct ExitMemory {
     pub usage: MemoryUsage,
@@ -379,9 +379,9 @@ impl TenantCgroup {
         }
     }
 
-    /// Whether the kernel's OOM killer ended a process of this cgroup. On a
-    /// kernel without an `oom_kill` counter, a SIGKILL after the limit was
-    /// hit counts as one.
+    /// Returns whether the kernel's OOM killer ended a process of this
+    /// cgroup. On a kernel without an `oom_kill` counter, a SIGKILL after
+    /// the limit was hit counts as one.
     pub fn oom_killed(&self, usage: &MemoryUsage, status: Option<ExitStatus>) -> bool {
         match usage.oom_kills {
             Some(kills) => kills > 0,
@@ -670,7 +670,7 @@ mod tests {
 
     #[test]
     fn locate_strips_mount_root_of_subtree() {
-        // A container that sees the hierarchy from /docker/xyz downwards.
+        // A container that mounts only the hierarchy below /docker/xyz.
         let mountinfo =
             "50 40 0:32 /docker/xyz /sys/fs/cgroup/memory ro,nosuid - cgroup cgroup rw,memory\n";
         let found = locate(mountinfo, "5:memory:/docker/xyz/app\n");
@@ -714,8 +714,9 @@ mod tests {
         assert_eq!(format_bytes(1000), "1000 bytes");
     }
 
-    /// A controller over plain directories: the control files become
-    /// regular files, which is enough to check names and written values.
+    /// Creates a controller over plain directories, where the control
+    /// files become regular files. That is enough to check names and
+    /// written values.
     fn fake_controller(version: Version) -> (tempfile::TempDir, Arc<MemoryController>) {
         let dir = tempfile::tempdir().unwrap();
         let controller = MemoryController::at(version, dir.path().to_path_buf(), 42);
@@ -733,7 +734,7 @@ mod tests {
             (64u64 << 20).to_string()
         );
 
-        // A second process of the same tenant while the first still holds
+        // A second process of the same tenant while the first still uses
         // the name (a draining process after a reload).
         let second = controller.create("2025/boston", 64 << 20).unwrap();
         assert_eq!(second.path(), controller.base().join("2025-boston.1"));

@@ -43,8 +43,8 @@ impl fmt::Display for Identity {
 /// a child switches to. Without `group` the user's primary group is used.
 /// Returns `Ok(None)` when neither is set.
 ///
-/// The error names the account and says what to fix, e.g. "user `rails`
-/// not found (no passwd entry); create it or change `user`".
+/// The error names the account and the fix, e.g. "user `rails` not found
+/// (no passwd entry); create it or change `user`".
 pub fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Option<Identity>, String> {
     if user.is_none() && group.is_none() {
         return Ok(None);
@@ -124,14 +124,15 @@ fn lookup_group(group: &str) -> Result<Gid, String> {
     }
 }
 
-/// Whether navigator can switch a child's user and group: only root can.
+/// Returns whether navigator can switch a child's user and group, which
+/// only root can.
 pub fn can_switch() -> bool {
     Uid::effective().is_root()
 }
 
 /// Lists users and groups the config names that do not exist on this
 /// machine, for `navigator check`. They are warnings because the config
-/// is often checked on a machine other than the one that runs it; a start
+/// is often checked on another machine than the one that runs it. A start
 /// that needs a missing account fails with the same message.
 pub fn missing_accounts(snapshot: &Snapshot) -> Vec<String> {
     let config = &snapshot.config;

@@ -138,8 +138,8 @@ pub fn spawn(spec: &SpawnSpec, output: OutputSink) -> io::Result<ChildProcess> {
     // async-signal-safe functions may be called because other threads' locks
     // may be held forever. `prepare_child` calls only setpgid, getpid,
     // write, setgroups, setgid, setuid, prctl and getppid through nix's thin
-    // wrappers, which neither allocate nor lock; it formats the pid into a
-    // stack buffer, and its error is a raw OS error, which does not allocate
+    // wrappers, which neither allocate nor lock. It formats the pid into a
+    // stack buffer. Its error is a raw OS error, which does not allocate
     // either. The cgroup file was opened before fork and is only borrowed.
     unsafe {
         command.pre_exec(move || prepare_child(&setup));
@@ -228,7 +228,7 @@ fn open_cgroup_procs(dir: &Path, program: &str) -> io::Result<File> {
     })
 }
 
-/// What the forked child does before exec, prepared by the parent.
+/// Steps of the forked child before exec, prepared by the parent.
 struct ChildSetup {
     parent: Pid,
     uid: Option<Uid>,
