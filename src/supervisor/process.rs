@@ -76,13 +76,16 @@ pub struct ChildProcess {
 /// into `output`.
 ///
 /// The child runs in a new process group whose id is its pid, and gets
-/// SIGTERM when navigator dies. Must be called inside a tokio runtime, which
-/// then owns the child's reaping and output tasks. Blocks the calling
+/// SIGTERM when navigator dies. Before exec it joins `spec.cgroup` and
+/// switches to `spec.user`/`spec.group`. Must be called inside a tokio
+/// runtime, which then owns the child's reaping and output tasks. Blocks the calling
 /// thread until the spawner thread has forked and the child has exec'd,
 /// as `std::process::Command::spawn` does.
 ///
-/// The error names the program and the working directory, e.g.
-/// "failed to start `bin/rails` in /rails: No such file or directory".
+/// The error names the program and the working directory, plus the user
+/// and cgroup when set, e.g. "failed to start `bin/rails` in /rails: No
+/// such file or directory". An unknown user or group fails here, before
+/// fork, with a message that names it.
 pub fn spawn(spec: &SpawnSpec, output: OutputSink) -> io::Result<ChildProcess> {
     let runtime = Handle::try_current().map_err(|_| {
         io::Error::other(format!(
