@@ -105,8 +105,6 @@ pub async fn serve(
         );
     }
 
-    // NOTE: `user` and `group` are accepted but the script still runs as
-    // navigator's user; dropping privileges is not implemented yet.
     let program = absolute(&script.script);
     let spec = SpawnSpec {
         label: format!("cgi:{}", script.path),
@@ -114,9 +112,15 @@ pub async fn serve(
         args: Vec::new(),
         cwd: program.parent().map(Path::to_path_buf),
         env: environment(script, context, &head),
+        user: script.user.clone(),
+        group: script.group.clone(),
+        cgroup: None,
     };
-    let (mut child, pipes) = match process::spawn_piped(&spec, OutputSink::new(spec.label.clone()))
-    {
+    let (mut child, pipes) = match process::spawn_piped(
+        &spec,
+        OutputSink::new(spec.label.clone())
+            .with_hook(crate::log_shipping::process_output_hook(&spec.label)),
+    ) {
         Ok(started) => started,
         Err(error) => {
             error!(path = %script.path, script = %program.display(), error = %error, "CGI script failed to start");

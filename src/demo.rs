@@ -10,10 +10,14 @@
 //! - `.../status/NNN`: the page with status NNN;
 //! - `.../crash`: the page, then the process exits with code 3 and leaves its
 //!   pid file behind, as a crashed server would;
+//! - `.../allocate?mb=N`: allocates N MiB and writes to every page, so the
+//!   memory is really used (and charged to the tenant's cgroup), then
+//!   answers with the page and frees it;
 //! - a request with an `Upgrade` header: 101, then every byte received is
 //!   echoed back until end of file (no WebSocket framing);
 //! - anything else: an HTML page with the path and a visit counter, or JSON
-//!   (see [`wants_json`]) describing the request.
+//!   (see [`wants_json`]) describing the request and the process (pid, uid,
+//!   gid and supplementary groups as `/proc/self/status` lists them).
 //!
 //! Boot knobs from the environment: `DEMO_BOOT_DELAY_MS`,
 //! `DEMO_EXIT_AT_BOOT=CODE`, `DEMO_NEVER_LISTEN=1`, `DEMO_NO_ANSWER=1` and
@@ -50,7 +54,19 @@ pub const CRASH_EXIT_CODE: i32 = 3;
 const DEFAULT_PORT: u16 = 3000;
 
 /// Prefixes of the environment variables reported in JSON pages.
-const REPORTED_ENV_PREFIXES: [&str; 5] = ["RAILS_", "DATABASE_", "PIDFILE", "PORT", "TEST_"];
+const REPORTED_ENV_PREFIXES: [&str; 8] = [
+    "RAILS_",
+    "DATABASE_",
+    "PIDFILE",
+    "PORT",
+    "TEST_",
+    "HOME",
+    "USER",
+    "LOGNAME",
+];
+
+/// Largest `/allocate` request, in MiB.
+const MAX_ALLOCATE_MB: usize = 16 * 1024;
 
 /// The demo tenant's settings, read from argv and the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -442,6 +458,19 @@ async fn page(
             }
         }
     }
+    if path.ends_with("/allocate") {
+        let Some(megabytes) = query_value(query, "mb")
+            .and_then(|mb| mb.parse::<usize>().ok())
+            .filter(|mb| *mb <= MAX_ALLOCATE_MB)
+        else {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                &format!("allocate needs mb=N with N from 0 to {MAX_ALLOCATE_MB}\n"),
+            );
+        };
+        let touched = allocate_and_touch(megabytes);
+        println!("demo-tenant: allocated and touched {touched} bytes");
+    }
     let crash = path.ends_with("/crash");
     if crash {
         crash_requested.store(true, Ordering::Release);
@@ -475,6 +504,43 @@ async fn page(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     Ok(response)
+}
+
+/// Allocates `megabytes` MiB and writes one byte per 4 KiB page, so the
+/// kernel must back every page with memory. Returns the bytes touched; the
+/// memory is freed on return.
+fn allocate_and_touch(megabytes: usize) -> usize {
+    const PAGE: usize = 4096;
+    let mut memory: Vec<u8> = Vec::with_capacity(megabytes << 20);
+    for _ in 0..(megabytes << 20) / PAGE {
+        memory.extend_from_slice(&[1u8; PAGE]);
+    }
+    // Keeps the writes from being optimized away.
+    std::hint::black_box(&memory);
+    memory.len()
+}
+
+/// Returns the real uid, the real gid and the supplementary groups of this
+/// process from the `Uid:`, `Gid:` and `Groups:` lines of
+/// `/proc/self/status`.
+pub fn process_ids(status: &str) -> (Option<u32>, Option<u32>, Vec<u32>) {
+    let first_number = |prefix: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|number| number.parse().ok())
+    };
+    let groups = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Groups:"))
+        .map(|rest| {
+            rest.split_whitespace()
+                .filter_map(|number| number.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    (first_number("Uid:"), first_number("Gid:"), groups)
 }
 
 async fn body_length(mut body: Incoming) -> Result<u64, hyper::Error> {
@@ -560,8 +626,14 @@ fn json_report(
         .map(|cwd| cwd.display().to_string())
         .unwrap_or_default();
 
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let (uid, gid, groups) = process_ids(&status);
+
     serde_json::json!({
         "pid": std::process::id(),
+        "uid": uid,
+        "gid": gid,
+        "groups": groups,
         "port": demo.port,
         "cwd": cwd,
         "path": parts.uri.path(),
@@ -845,6 +917,28 @@ mod tests {
             error.contains("invalid DEMO_BOOT_DELAY_MS \"soon\""),
             "{error}"
         );
+    }
+
+    #[test]
+    fn process_ids_from_status() {
+        let status = "Name:\tdemo\nUid:\t999\t999\t999\t999\nGid:\t998\t998\t998\t998\n\
+                      FDSize:\t64\nGroups:\t\nNSpid:\t1\n";
+        assert_eq!(process_ids(status), (Some(999), Some(998), vec![]));
+        let status = "Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t0 4 27 \n";
+        assert_eq!(process_ids(status), (Some(0), Some(0), vec![0, 4, 27]));
+    }
+
+    #[tokio::test]
+    async fn demo_allocate_reports_and_rejects() {
+        let (port, _server) = start(settings_with(&[])).await;
+        let (status, _, body) = fetch(port, &get("/2025/kobe/allocate?mb=2&format=json")).await;
+        assert_eq!(status, 200);
+        let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(report["uid"], nix::unistd::getuid().as_raw());
+        assert!(report["groups"].is_array());
+        assert_eq!(fetch(port, &get("/allocate?mb=lots")).await.0, 400);
+        assert_eq!(fetch(port, &get("/allocate")).await.0, 400);
+        assert_eq!(allocate_and_touch(3), 3 << 20);
     }
 
     #[test]

@@ -165,6 +165,7 @@ async fn run_hook(
         args: hook.args.clone(),
         cwd: None,
         env: env.iter().chain(hook.env.iter()).cloned().collect(),
+        ..SpawnSpec::default()
     };
     let timeout = match hook.timeout {
         Some(limit) if limit.is_zero() => None,
@@ -174,11 +175,14 @@ async fn run_hook(
     info!(hook = label, command = %hook.command, args = ?hook.args, timeout_ms = timeout.map(|t| t.as_millis() as u64), "running hook");
 
     let started = Instant::now();
-    let mut child = process::spawn(&spec, OutputSink::new(label.to_string())).map_err(|error| {
-        HookError::Spawn {
-            command: hook.command.clone(),
-            error: error.to_string(),
-        }
+    let mut child = process::spawn(
+        &spec,
+        OutputSink::new(label.to_string())
+            .with_hook(crate::log_shipping::process_output_hook(label)),
+    )
+    .map_err(|error| HookError::Spawn {
+        command: hook.command.clone(),
+        error: error.to_string(),
     })?;
     let waited = match timeout {
         Some(limit) => tokio::time::timeout(limit, child.wait()).await,

@@ -11,6 +11,7 @@ pub mod compile;
 pub mod config;
 pub mod demo;
 pub mod hooks;
+pub mod log_shipping;
 pub mod logging;
 pub mod managed;
 pub mod pipeline;

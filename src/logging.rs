@@ -96,6 +96,7 @@ pub fn init(format: LogFormat) -> LogControl {
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(layer)
+        .with(crate::log_shipping::layer())
         .try_init();
     LogControl {
         handle,

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::config::schema::ManagedProcess;
+use crate::log_shipping;
 use crate::supervisor::output::OutputSink;
 use crate::supervisor::process::{self, SpawnSpec};
 
@@ -224,8 +225,12 @@ impl Supervision {
                 .iter()
                 .map(|(key, value)| (key.clone(), value.clone()))
                 .collect(),
+            ..SpawnSpec::default()
         };
-        let spawned = process::spawn(&spec, OutputSink::new(name.clone()));
+        let spawned = process::spawn(
+            &spec,
+            OutputSink::new(name.clone()).with_hook(log_shipping::process_output_hook(&name)),
+        );
         if let Some(first_attempt) = self.first_attempt.take() {
             let _ = first_attempt.send(());
         }

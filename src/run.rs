@@ -1,6 +1,6 @@
 //! The server's lifecycle: load the config, start managed processes, run
-//! the start hooks, listen, run the ready hooks, reload on request, and
-//! shut down on SIGTERM or SIGINT.
+//! the start hooks, listen, run the ready hooks, reload on request, reopen
+//! log files on SIGUSR1, and shut down on SIGTERM or SIGINT.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,10 +14,12 @@ use tracing::{error, info, warn};
 use crate::app::App;
 use crate::compile::{self, Snapshot};
 use crate::hooks::{self, ServerEvent};
+use crate::log_shipping;
 use crate::logging::{self, LogControl};
 use crate::managed::ManagedProcesses;
 use crate::reload::{self, Condition, ReloadOutcome, ReloadQueue, ReloadRequest};
 use crate::server::{self, Connections};
+use crate::supervisor::cgroup;
 
 /// Runs navigator with `config_path` until a stop signal. Returns the
 /// process exit code: 0 after a clean shutdown, 1 on a runtime failure, 2
@@ -45,6 +47,7 @@ pub async fn run(config_path: PathBuf) -> i32 {
     };
     log.set_format(snapshot.config.logging.format);
     log.set_level(snapshot.config.logging.level);
+    log_shipping::configure(&snapshot.config.logging);
     info!(
         config = %config_path.display(),
         tenants = snapshot.tenants.len(),
@@ -130,6 +133,7 @@ struct Signals {
     terminate: Signal,
     interrupt: Signal,
     hangup: Signal,
+    reopen_logs: Signal,
 }
 
 impl Signals {
@@ -138,6 +142,7 @@ impl Signals {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
             hangup: signal(SignalKind::hangup())?,
+            reopen_logs: signal(SignalKind::user_defined1())?,
         })
     }
 }
@@ -196,6 +201,10 @@ impl Lifecycle {
         loop {
             let request = tokio::select! {
                 _ = stop_requested(&mut signals.terminate, &mut signals.interrupt) => return 0,
+                _ = signals.reopen_logs.recv() => {
+                    log_shipping::reopen();
+                    continue;
+                }
                 _ = signals.hangup.recv() => ReloadRequest {
                     file: None,
                     condition: Condition::Always,
@@ -293,6 +302,7 @@ impl Lifecycle {
 
         self.log.set_format(snapshot.config.logging.format);
         self.log.set_level(snapshot.config.logging.level);
+        log_shipping::configure(&snapshot.config.logging);
         self.switch_pid_file(&snapshot);
         let tenants = snapshot.tenants.len();
         app.install(snapshot);
@@ -343,6 +353,7 @@ impl Lifecycle {
         }
         remove_pid_file(&pid_file);
         info!("navigator stopped");
+        log_shipping::shutdown().await;
         code
     }
 
@@ -365,6 +376,7 @@ impl Lifecycle {
         let _ = hooks::run_server_hooks(&self.app, ServerEvent::Stop).await;
 
         self.app.supervisor.shutdown().await;
+        cgroup::remove_navigator_cgroup();
         info!("all tenants stopped");
 
         self.managed.stop_all().await;

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use tracing::{error, info, warn};
 
+use super::cgroup::{self, TenantCgroup};
 use super::output::OutputSink;
 use super::pidfile;
 use super::ports::{PortLease, PortPool};
@@ -25,6 +26,7 @@ use super::readiness::{self, ReadyError};
 use crate::compile::{PoolSettings, Snapshot, TenantSpec};
 use crate::config::expand::fill_port;
 use crate::hooks::{self, TenantEvent};
+use crate::log_shipping;
 use crate::reload::Reloader;
 
 /// Longest wait between restarts of a tenant that keeps failing.
@@ -512,6 +514,10 @@ impl Supervisor {
             pidfile::prepare(path, &spec.launch.program, cwd).await?;
         }
 
+        let cgroup = spec
+            .launch
+            .memory_limit
+            .and_then(|limit| cgroup::for_tenant(&spec.name, limit));
         let spawn_spec = SpawnSpec {
             label: spec.name.clone(),
             program: fill_port(&spec.launch.program, port),
@@ -528,9 +534,13 @@ impl Supervisor {
                 .iter()
                 .map(|(name, value)| (name.clone(), fill_port(value, port)))
                 .collect(),
+            user: spec.launch.user.clone(),
+            group: spec.launch.group.clone(),
+            cgroup: cgroup.as_ref().map(|cgroup| cgroup.path().to_path_buf()),
         };
-        let child = process::spawn(&spawn_spec, OutputSink::new(spec.name.clone()))
-            .map_err(|e| e.to_string())?;
+        let output = OutputSink::new(spec.name.clone())
+            .with_hook(log_shipping::tenant_output_hook(&spec.name));
+        let child = process::spawn(&spawn_spec, output).map_err(|e| e.to_string())?;
         self.starts.fetch_add(1, Ordering::Relaxed);
         let started_at = Instant::now();
         let (stop_requested, _) = watch::channel(false);
@@ -552,7 +562,15 @@ impl Supervisor {
             stderr_tail: Arc::new(Mutex::new(Vec::new())),
             epoch: self.epoch,
         });
-        info!(tenant = %spec.name, pid = instance.pid, port, "tenant process started");
+        info!(
+            tenant = %spec.name,
+            pid = instance.pid,
+            port,
+            user = spec.launch.user.as_deref().unwrap_or("-"),
+            memory_limit = %cgroup.as_ref().map_or("-".to_string(), |c| cgroup::format_bytes(c.limit())),
+            cgroup = %cgroup.as_ref().map_or("-".to_string(), |c| c.path().display().to_string()),
+            "tenant process started"
+        );
         lock(&self.instances).insert(instance.id, instance.clone());
 
         let (exit_report, mut exit_status) = watch::channel(None::<Result<ExitStatus, String>>);
@@ -564,6 +582,7 @@ impl Supervisor {
             _permit: permit,
             exit_report,
             stderr_tail: instance.stderr_tail.clone(),
+            cgroup,
         };
         tokio::spawn(monitor.run());
 
@@ -877,6 +896,8 @@ struct Monitor {
     _permit: GatePermit,
     exit_report: watch::Sender<Option<Result<ExitStatus, String>>>,
     stderr_tail: Arc<Mutex<Vec<String>>>,
+    /// The memory-limited cgroup the process runs in, removed after it exits.
+    cgroup: Option<TenantCgroup>,
 }
 
 impl Monitor {
@@ -904,6 +925,14 @@ impl Monitor {
             }
         };
 
+        // The counters are read before the cgroup is removed; removing an
+        // empty one before the slot is freed lets a replacement reuse its
+        // name.
+        let memory = self
+            .cgroup
+            .as_mut()
+            .map(|cgroup| cgroup.finish(status.as_ref().ok().copied()));
+
         // Cleanup comes before anything slow, so requests stop being
         // routed to a dead process at once. The PIDFILE goes first: once
         // the slot is stopped a replacement may start and write its own.
@@ -912,16 +941,34 @@ impl Monitor {
         }
         self.supervisor.on_exit(&self.instance, unexpected);
 
+        if let Some(memory) = memory.as_ref().filter(|memory| memory.oom_killed) {
+            error!(
+                tenant = %name,
+                pid,
+                limit = %cgroup::format_bytes(memory.limit),
+                limit_bytes = memory.limit,
+                oom_kills = memory.usage.oom_kills.unwrap_or(1),
+                cgroup = %memory.path.display(),
+                "tenant killed by the kernel OOM killer: memory limit reached"
+            );
+        }
+
         self.child.drain_output().await;
         let report = match &status {
             Ok(status) => process::describe_status(*status),
             Err(error) => format!("wait failed: {error}"),
         };
         let tail = self.child.stderr_tail();
+        let memory_peak = memory
+            .and_then(|memory| memory.usage.peak)
+            .map_or("-".to_string(), cgroup::format_bytes);
         if unexpected {
-            warn!(tenant = %name, pid, status = %report, stderr = ?tail, "tenant process exited unexpectedly");
+            warn!(tenant = %name, pid, status = %report, %memory_peak, stderr = ?tail, "tenant process exited unexpectedly");
         } else {
-            info!(tenant = %name, pid, status = %report, "tenant process stopped");
+            info!(tenant = %name, pid, status = %report, %memory_peak, "tenant process stopped");
+        }
+        if let Some(cgroup) = self.cgroup.take() {
+            cgroup.remove().await;
         }
         *lock(&self.stderr_tail) = tail;
         self.exit_report
