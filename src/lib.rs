@@ -3,7 +3,9 @@
 
 pub mod access_log;
 pub mod app;
+pub mod auth;
 pub mod body;
+pub mod bots;
 pub mod canonical;
 pub mod cli;
 pub mod compile;

@@ -17,7 +17,9 @@ use tracing::{error, warn};
 
 use crate::access_log::{self, AccessRecord, Answer};
 use crate::app::App;
+use crate::auth::{self, Decision};
 use crate::body::{self, Body};
+use crate::bots;
 use crate::canonical;
 use crate::compile::{Snapshot, TenantSpec};
 use crate::proxy::{self, Forward, Forwarding, ProxyError, headers::X_REQUEST_ID};
@@ -37,6 +39,9 @@ pub struct RequestContext {
     pub connection: Connection,
     pub request_id: HeaderValue,
     pub record: AccessRecord,
+    /// The user whose credentials step 4 verified; never taken from any
+    /// other header. CGI scripts get it as `REMOTE_USER`.
+    pub user: Option<String>,
 }
 
 /// Serves one request: runs the pipeline and attaches the access-log
@@ -69,6 +74,7 @@ pub async fn handle(
         connection,
         request_id,
         record,
+        user: None,
     };
 
     let mut response = route(&app, &mut context, request).await;
@@ -112,8 +118,23 @@ async fn route(
     // 3. Broadcast endpoint (loopback peers only).
     // TODO: the built-in cable's broadcast endpoint answers here.
 
-    // 4. Authentication.
-    // TODO: htpasswd authentication answers 401 here, before any routing.
+    // 4. Authentication, before every routing decision. A path that is
+    // public only for static answers (a glob such as `*.css`) and came
+    // without valid credentials leaves the pipeline here: it may get a
+    // static file, and nothing else but a 401.
+    match snapshot.access.authorize(&path, &head.headers).await {
+        Decision::Allow { user } => {
+            context.record.user.clone_from(&user);
+            context.user = user;
+        }
+        Decision::Challenge { realm } => {
+            context.record.answer = Answer::AuthFailure;
+            return auth::challenge(&realm);
+        }
+        Decision::StaticOnly { realm } => {
+            return static_or_challenge(&snapshot, context, &path, &head, &realm).await;
+        }
+    }
 
     // 5. Cable endpoint.
     // TODO: the built-in cable's WebSocket endpoint answers here.
@@ -153,7 +174,9 @@ async fn route(
     }
 
     // 11. Bot detection.
-    // TODO: bot detection (global, per-tenant override) answers 403 here.
+    if let Some(response) = bot_detection(&snapshot, context, &path, &head) {
+        return response;
+    }
 
     // 12. Tenant by longest path prefix.
     if let Some(tenant) = snapshot.tenants.find(&path).cloned() {
@@ -216,6 +239,49 @@ fn health_check(
     *response.status_mut() = synthetic.status;
     *response.headers_mut() = synthetic.headers.clone();
     Some(response)
+}
+
+/// Serves a request that a glob made public for static answers only: the
+/// rewrites apply (they change the path without answering), then the
+/// static-file step; anything else gets the 401 challenge.
+async fn static_or_challenge(
+    snapshot: &Snapshot,
+    context: &mut RequestContext,
+    path: &str,
+    request: &http::request::Parts,
+    realm: &str,
+) -> Response<Body> {
+    let rewritten = snapshot.path_rules.rewrite(path, &request.method);
+    let path = rewritten
+        .as_deref()
+        .filter(|target| is_clean_path(target))
+        .unwrap_or(path);
+    if let Some(response) = static_file(snapshot, context, path, request).await {
+        return response;
+    }
+    context.record.answer = Answer::AuthFailure;
+    auth::challenge(realm)
+}
+
+/// Answers 403 to bots when the tenant's setting, or else the server-wide
+/// one, says so.
+fn bot_detection(
+    snapshot: &Snapshot,
+    context: &mut RequestContext,
+    path: &str,
+    request: &http::request::Parts,
+) -> Option<Response<Body>> {
+    let tenant = snapshot.tenants.find(path);
+    let setting = bots::effective(&snapshot.bot_detection, tenant.map(|t| t.as_ref()));
+    if !bots::blocks(setting, &request.headers) {
+        return None;
+    }
+    context.record.answer = Answer::BotBlocked;
+    context.record.tenant = tenant.map(|t| t.name.clone());
+    Some(responses::error_page(
+        StatusCode::FORBIDDEN,
+        "Forbidden: automated clients may not use this page.",
+    ))
 }
 
 fn redirect(

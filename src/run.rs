@@ -28,6 +28,15 @@ pub async fn run(config_path: PathBuf) -> i32 {
             return 2;
         }
     };
+    if let Some(path) = snapshot.access.missing_htpasswd() {
+        error!(htpasswd = %path.display(), "authentication is enabled but the htpasswd file is missing or unreadable");
+        eprintln!(
+            "{}: authentication is enabled but the htpasswd file {} is missing or unreadable; create it or set auth.enabled = false",
+            config_path.display(),
+            path.display()
+        );
+        return 2;
+    }
     log.set_format(snapshot.config.logging.format);
     info!(
         config = %config_path.display(),
@@ -116,6 +125,10 @@ async fn wait_for_signals(app: &Arc<App>, log: &LogControl) -> i32 {
 pub fn reload(app: &App, log: &LogControl) {
     match compile::load_snapshot(&app.config_path) {
         Ok(snapshot) => {
+            if let Some(path) = snapshot.access.missing_htpasswd() {
+                error!(config = %app.config_path.display(), htpasswd = %path.display(), "reload rejected; authentication is enabled but the htpasswd file is missing; keeping the running config");
+                return;
+            }
             log.set_format(snapshot.config.logging.format);
             apply_reload(app, snapshot);
         }
