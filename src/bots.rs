@@ -91,6 +91,9 @@ mod tests {
         assert!(!blocks(&setting(true, BotAction::Ignore), &crawler));
         assert!(!blocks(&setting(false, BotAction::Reject), &crawler));
         assert!(!blocks(&setting(true, BotAction::Reject), &browser));
-        assert!(!blocks(&setting(true, BotAction::Reject), &HeaderMap::new()));
+        assert!(!blocks(
+            &setting(true, BotAction::Reject),
+            &HeaderMap::new()
+        ));
     }
 }

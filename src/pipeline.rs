@@ -22,6 +22,7 @@ use crate::body::{self, Body};
 use crate::bots;
 use crate::canonical;
 use crate::compile::{Snapshot, TenantSpec};
+use crate::limits;
 use crate::proxy::{self, Forward, Forwarding, ProxyError, headers::X_REQUEST_ID};
 use crate::responses;
 use crate::supervisor::tenants::AcquireError;
@@ -97,7 +98,27 @@ async fn route(
     request: Request<Incoming>,
 ) -> Response<Body> {
     let snapshot = context.snapshot.clone();
-    let (head, body) = request.into_parts();
+    let (mut head, body) = request.into_parts();
+
+    // Before step 0: the head checks that hyper leaves to us (Host rules,
+    // declared body size), and the body limit for the step that streams
+    // the body.
+    let max_body_bytes = snapshot
+        .config
+        .server
+        .limits
+        .max_body_bytes
+        .map(|size| size.0);
+    if let Err(error) = limits::check_head(head.version, &head.headers, max_body_bytes) {
+        context.record.answer = Answer::Error;
+        return responses::text(
+            error.status(),
+            &format!("{} {}", error.status(), error.message()),
+        );
+    }
+    if let Some(max) = max_body_bytes {
+        head.extensions.insert(limits::BodyLimit::new(max));
+    }
 
     // 0. Canonical path: every later step matches this one decoded path.
     let path = match canonical::canonicalize(head.uri.path()) {
@@ -203,8 +224,10 @@ fn request_id(request: &Request<Incoming>) -> HeaderValue {
     HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("-"))
 }
 
-/// The client address for logs: the socket peer, or with `trust_proxy`
-/// the first `X-Forwarded-For` entry.
+/// The client address for logs and `$remote_addr`: the socket peer, or
+/// with `trust_proxy` the last `X-Forwarded-For` entry, which the trusted
+/// proxy in front appended. Earlier entries come from the client and can
+/// be forged, so they are never used.
 fn client_address(
     snapshot: &Snapshot,
     connection: &Connection,
@@ -213,10 +236,12 @@ fn client_address(
     if snapshot.config.server.trust_proxy {
         let forwarded = request
             .headers()
-            .get(proxy::headers::X_FORWARDED_FOR)
+            .get_all(proxy::headers::X_FORWARDED_FOR)
+            .iter()
+            .next_back()
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|first| first.trim().parse().ok());
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|last| last.trim().parse().ok());
         if let Some(address) = forwarded {
             return address;
         }
@@ -443,6 +468,7 @@ async fn proxy_to_tenant(
         trust_proxy: context.snapshot.config.server.trust_proxy,
     };
     let host = request.headers().get(HOST).cloned();
+    let body_limit = request.extensions().get::<limits::BodyLimit>().cloned();
     let target = Forward {
         scheme: Scheme::HTTP,
         authority,
@@ -456,6 +482,13 @@ async fn proxy_to_tenant(
         Err(error) => {
             let status = match error {
                 ProxyError::InvalidTarget(_) => StatusCode::BAD_REQUEST,
+                _ if body_limit.is_some_and(|limit| limit.exceeded()) => {
+                    context.record.answer = Answer::Error;
+                    return responses::text(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "413 the request body is larger than this server accepts",
+                    );
+                }
                 _ => StatusCode::BAD_GATEWAY,
             };
             warn!(

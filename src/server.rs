@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::app::App;
 use crate::config::units::Listen;
+use crate::connection;
 use crate::pipeline::{self, Connection};
 
 /// Binds `listen`. A port without a host binds every IPv6 and IPv4
@@ -46,16 +47,24 @@ pub async fn serve(
     let connections = Arc::new(Semaphore::new(limits.max_connections.max(1) as usize));
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    let header_read_timeout = limits.header_read_timeout.get();
+    let idle_timeout = limits.idle_connection_timeout.get();
+    // hyper answers 431 to a head larger than its read buffer, which has
+    // a floor of 8 KiB. Its header timer also runs while an idle
+    // keep-alive connection waits for the next request, so HTTP/1.1
+    // connections idle for `header_read_timeout` close too.
+    let max_header_bytes = (limits.max_header_bytes.0 as usize).max(8192);
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout.get())
-        .max_buf_size((limits.max_header_bytes.0 as usize).max(8192))
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(max_header_bytes)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(250)
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(60)));
     let builder = Arc::new(builder);
 
@@ -89,19 +98,45 @@ pub async fn serve(
             tls,
         };
         let app = app.clone();
-        let service = service_fn(move |request| {
-            let app = app.clone();
-            async move {
-                Ok::<_, std::convert::Infallible>(pipeline::handle(app, connection, request).await)
-            }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(error) = conn.await {
-                debug!(peer = %connection.peer, error = %error, "connection ended with an error");
+            // A client that never sends a byte would otherwise hold its
+            // connection slot: the protocol detection has no deadline.
+            if !connection::first_byte(&stream, header_read_timeout).await {
+                debug!(peer = %connection.peer, "no request within the header read timeout; closing");
+                drop(permit);
+                return;
+            }
+            let activity = connection::Activity::new();
+            let service = {
+                let activity = activity.clone();
+                service_fn(move |request| {
+                    let app = app.clone();
+                    let in_flight = activity.request_started();
+                    async move {
+                        let response = pipeline::handle(app, connection, request).await;
+                        let (parts, body) = response.into_parts();
+                        let body = connection::hold_until_sent(body, in_flight);
+                        Ok::<_, std::convert::Infallible>(http::Response::from_parts(parts, body))
+                    }
+                })
+            };
+            let io = TokioIo::new(connection::TrackedIo::new(stream, activity.clone()));
+            let conn = watcher.watch(
+                builder
+                    .serve_connection_with_upgrades(io, service)
+                    .into_owned(),
+            );
+            tokio::select! {
+                result = conn => {
+                    if let Err(error) = result {
+                        debug!(peer = %connection.peer, error = %error, "connection ended with an error");
+                    }
+                }
+                _ = connection::watch_idle(activity, idle_timeout) => {
+                    debug!(peer = %connection.peer, idle_secs = idle_timeout.as_secs(), "closing an idle connection");
+                }
             }
             drop(permit);
         });

@@ -95,7 +95,10 @@ impl PasswordHash {
         if !field.starts_with('$') {
             return Ok(PasswordHash::Plain(Sha256::digest(field.as_bytes()).into()));
         }
-        if ["$2y$", "$2a$", "$2b$"].iter().any(|p| field.starts_with(p)) {
+        if ["$2y$", "$2a$", "$2b$"]
+            .iter()
+            .any(|p| field.starts_with(p))
+        {
             return field
                 .parse::<bcrypt::HashParts>()
                 .map(|_| PasswordHash::Bcrypt(field.to_string()))
@@ -310,8 +313,18 @@ mod tests {
     #[test]
     fn md5_crypt_known_answers() {
         let cases = [
-            (Md5Magic::Crypt, "password", "saltstri", "$1$saltstri$qQY4WxjABChYG1ccLpfkz/"),
-            (Md5Magic::Apr1, "password", "RandSalt", "$apr1$RandSalt$PgCXHRrkpSt4cbyC2C6bm/"),
+            (
+                Md5Magic::Crypt,
+                "password",
+                "saltstri",
+                "$1$saltstri$qQY4WxjABChYG1ccLpfkz/",
+            ),
+            (
+                Md5Magic::Apr1,
+                "password",
+                "RandSalt",
+                "$apr1$RandSalt$PgCXHRrkpSt4cbyC2C6bm/",
+            ),
         ];
         for (magic, password, salt, expected) in cases {
             let checksum = md5_crypt_checksum(magic, password.as_bytes(), salt.as_bytes());

@@ -518,6 +518,9 @@ mod tests {
             first.password_digest(b"secret"),
             second.password_digest(b"secret")
         );
-        assert_ne!(first.password_digest(b"secret").to_vec(), b"secret".to_vec());
+        assert_ne!(
+            first.password_digest(b"secret").to_vec(),
+            b"secret".to_vec()
+        );
     }
 }

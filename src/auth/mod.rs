@@ -90,7 +90,10 @@ impl AccessControl {
         let requirement = self.rules.classify(path);
 
         let user = match basic_credentials(headers) {
-            Some(credentials) => match htpasswd.check(&credentials.user, &credentials.password).await {
+            Some(credentials) => match htpasswd
+                .check(&credentials.user, &credentials.password)
+                .await
+            {
                 Verdict::Valid => Some(credentials.user),
                 Verdict::Invalid | Verdict::FileMissing => {
                     debug!(user = %credentials.user, path, "invalid credentials");
@@ -182,8 +185,14 @@ mod tests {
             user: "judge".into(),
             password: b"bcrypt-secret".to_vec(),
         });
-        assert_eq!(basic_credentials(&headers(&format!("Basic {token}"))), expected);
-        assert_eq!(basic_credentials(&headers(&format!("basic {token}"))), expected);
+        assert_eq!(
+            basic_credentials(&headers(&format!("Basic {token}"))),
+            expected
+        );
+        assert_eq!(
+            basic_credentials(&headers(&format!("basic {token}"))),
+            expected
+        );
         assert_eq!(
             basic_credentials(&headers(&format!("BASIC  {}", token.trim_end_matches('=')))),
             expected
@@ -213,7 +222,10 @@ mod tests {
             assert_eq!(basic_credentials(&headers(value)), None, "{value}");
         }
         let mut two = headers("Basic anVkZ2U6YmNyeXB0LXNlY3JldA==");
-        two.append(AUTHORIZATION, HeaderValue::from_static("Basic dXNlcjpwYTpzcw=="));
+        two.append(
+            AUTHORIZATION,
+            HeaderValue::from_static("Basic dXNlcjpwYTpzcw=="),
+        );
         assert_eq!(basic_credentials(&two), None);
     }
 
@@ -221,6 +233,9 @@ mod tests {
     fn challenge_names_realm() {
         let response = challenge("Showcase");
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(response.headers()[WWW_AUTHENTICATE], "Basic realm=\"Showcase\"");
+        assert_eq!(
+            response.headers()[WWW_AUTHENTICATE],
+            "Basic realm=\"Showcase\""
+        );
     }
 }

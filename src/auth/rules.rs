@@ -91,7 +91,9 @@ impl PublicRules {
                             &key_of(i),
                             format!("public path {entry:?} does not start with `/`"),
                         )
-                        .with_hint("write an absolute path, a prefix ending in `/`, or a glob with `*`"),
+                        .with_hint(
+                            "write an absolute path, a prefix ending in `/`, or a glob with `*`",
+                        ),
                 );
             } else if entry.ends_with('/') {
                 prefixes.insert(entry.clone().into_boxed_str());

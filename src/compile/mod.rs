@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-use crate::config::schema::{BotDetection, CgiScript, Config};
 use crate::auth::AccessControl;
+use crate::config::schema::{BotDetection, CgiScript, Config};
 use crate::config::{ConfigErrors, EnvLookup, Loaded};
 use crate::static_files::StaticFiles;
 pub use rules::{AuthRules, PathRules, ProxyRoute, ReplayRules, ReplayTarget};

@@ -1,0 +1,277 @@
+//! Request checks against malformed or abusive input that hyper's parser
+//! lets through, and the request body size limit.
+//!
+//! hyper already answers 400 to malformed request lines and headers
+//! (control characters and bare CR in values, obs-fold continuation
+//! lines, differing duplicate `Content-Length`, a `Transfer-Encoding`
+//! other than chunked, `Transfer-Encoding` on HTTP/1.0), 431 to heads over
+//! `max_header_bytes`, and processes a request that has both
+//! `Transfer-Encoding: chunked` and `Content-Length` by the chunked framing
+//! alone, dropping the `Content-Length` and closing the connection after
+//! the response. The checks here cover the rest: the `Host` header rules
+//! and the body size.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, HOST};
+use http::uri::Authority;
+use http::{Extensions, StatusCode, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::body::{Body, BoxError};
+
+/// Why a request head was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    /// HTTP/1.1 requires a `Host` header (RFC 9112, section 3.2).
+    MissingHost,
+    DuplicateHost,
+    /// The `Host` value is empty, has user info, a path, or is no valid
+    /// `host[:port]`.
+    InvalidHost,
+    /// `Content-Length` is larger than `server.limits.max_body_bytes`.
+    BodyTooLarge,
+}
+
+impl HeadError {
+    pub fn status(self) -> StatusCode {
+        match self {
+            HeadError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            HeadError::MissingHost => "an HTTP/1.1 request needs a Host header",
+            HeadError::DuplicateHost => "the request has more than one Host header",
+            HeadError::InvalidHost => "the Host header is not a valid host name and port",
+            HeadError::BodyTooLarge => "the request body is larger than this server accepts",
+        }
+    }
+}
+
+/// Checks the `Host` header and the declared body size. HTTP/1.0 without
+/// `Host` is accepted, as nginx does; HTTP/2 carries the host in the URI.
+pub fn check_head(
+    version: Version,
+    headers: &http::HeaderMap,
+    max_body_bytes: Option<u64>,
+) -> Result<(), HeadError> {
+    let mut hosts = headers.get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if version == Version::HTTP_11 => return Err(HeadError::MissingHost),
+        (None, _) => {}
+        (Some(_), Some(_)) => return Err(HeadError::DuplicateHost),
+        (Some(host), None) => {
+            if !is_valid_host(host.as_bytes()) {
+                return Err(HeadError::InvalidHost);
+            }
+        }
+    }
+
+    if let Some(max) = max_body_bytes {
+        // hyper has already refused unparsable or conflicting values.
+        let declared = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.trim().parse::<u64>().ok());
+        if declared.is_some_and(|length| length > max) {
+            return Err(HeadError::BodyTooLarge);
+        }
+    }
+    Ok(())
+}
+
+/// Whether `host` is `name[:port]` or `[v6][:port]`, without user info.
+fn is_valid_host(host: &[u8]) -> bool {
+    if host.is_empty() || host.contains(&b'@') {
+        return false;
+    }
+    Authority::try_from(host).is_ok_and(|authority| {
+        // `Authority` keeps any text after the host as the port; it must
+        // be a number when present.
+        let has_port = authority.as_str().len() > authority.host().len();
+        !authority.host().is_empty() && (!has_port || authority.port_u16().is_some())
+    })
+}
+
+/// The body size limit of one request, kept in the request's extensions
+/// so that whichever step streams the body applies it. `exceeded` turns
+/// true when the body was cut off, so the step can answer 413.
+#[derive(Debug, Clone)]
+pub struct BodyLimit {
+    max: u64,
+    exceeded: Arc<AtomicBool>,
+}
+
+impl BodyLimit {
+    pub fn new(max: u64) -> BodyLimit {
+        BodyLimit {
+            max,
+            exceeded: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn exceeded(&self) -> bool {
+        self.exceeded.load(Ordering::Acquire)
+    }
+}
+
+/// The error a body ends with when it grows past its limit.
+#[derive(Debug)]
+pub struct BodyTooLarge {
+    pub max: u64,
+}
+
+impl std::fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "request body exceeds the limit of {} bytes", self.max)
+    }
+}
+
+impl std::error::Error for BodyTooLarge {}
+
+/// Returns `body` as a streaming [`Body`] that fails with [`BodyTooLarge`]
+/// once more than the limit in `extensions` has arrived. Chunked bodies
+/// declare no length, so they are cut off here.
+pub fn limit_request_body(body: Incoming, extensions: &Extensions) -> Body {
+    match extensions.get::<BodyLimit>() {
+        Some(limit) => LimitedBody {
+            inner: body,
+            limit: limit.clone(),
+            received: 0,
+        }
+        .boxed(),
+        None => body.map_err(|error| Box::new(error) as BoxError).boxed(),
+    }
+}
+
+struct LimitedBody {
+    inner: Incoming,
+    limit: BodyLimit,
+    received: u64,
+}
+
+impl HttpBody for LimitedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.received += data.len() as u64;
+                    if self.received > self.limit.max {
+                        self.limit.exceeded.store(true, Ordering::Release);
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
+                            max: self.limit.max,
+                        }))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(Box::new(error)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, HeaderValue};
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn host_rules() {
+        let ok = [
+            "localhost",
+            "example.test:8080",
+            "127.0.0.1",
+            "[::1]:3000",
+            "smooth.fly.dev",
+        ];
+        for host in ok {
+            assert_eq!(
+                check_head(Version::HTTP_11, &headers(&[("host", host)]), None),
+                Ok(()),
+                "{host}"
+            );
+        }
+        let invalid = [
+            "",
+            "user@example.test",
+            "example.test/path",
+            "exa mple.test",
+            "example.test:port",
+            ":8080",
+            "[::1",
+        ];
+        for host in invalid {
+            assert_eq!(
+                check_head(Version::HTTP_11, &headers(&[("host", host)]), None),
+                Err(HeadError::InvalidHost),
+                "{host:?}"
+            );
+        }
+        assert_eq!(
+            check_head(Version::HTTP_11, &HeaderMap::new(), None),
+            Err(HeadError::MissingHost)
+        );
+        assert_eq!(
+            check_head(Version::HTTP_10, &HeaderMap::new(), None),
+            Ok(())
+        );
+        assert_eq!(check_head(Version::HTTP_2, &HeaderMap::new(), None), Ok(()));
+        assert_eq!(
+            check_head(
+                Version::HTTP_11,
+                &headers(&[("host", "a.test"), ("host", "b.test")]),
+                None
+            ),
+            Err(HeadError::DuplicateHost)
+        );
+    }
+
+    #[test]
+    fn declared_body_size_checked() {
+        let head = headers(&[("host", "a.test"), ("content-length", "1025")]);
+        assert_eq!(
+            check_head(Version::HTTP_11, &head, Some(1024)),
+            Err(HeadError::BodyTooLarge)
+        );
+        assert_eq!(check_head(Version::HTTP_11, &head, Some(1025)), Ok(()));
+        assert_eq!(check_head(Version::HTTP_11, &head, None), Ok(()));
+        assert_eq!(
+            HeadError::BodyTooLarge.status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+}
