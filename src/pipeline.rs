@@ -143,7 +143,11 @@ async fn route(
     // public only for static answers (a glob such as `*.css`) and came
     // without valid credentials leaves the pipeline here: it may get a
     // static file, and nothing else but a 401.
-    match snapshot.access.authorize(&path, &head.headers).await {
+    match snapshot
+        .access
+        .authorize(&path, head.uri.path(), &head.headers)
+        .await
+    {
         Decision::Allow { user } => {
             context.record.user.clone_from(&user);
             context.user = user;

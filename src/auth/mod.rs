@@ -80,14 +80,15 @@ impl AccessControl {
         (!htpasswd.is_available()).then(|| htpasswd.path())
     }
 
-    /// Decides whether the request for the canonical `path` may go on.
-    /// Valid credentials always allow; without them the path's
-    /// [`Requirement`] decides. Invalid credentials count as none.
-    pub async fn authorize(&self, path: &str, headers: &HeaderMap) -> Decision {
+    /// Decides whether the request for the canonical `path` (decoded from
+    /// `raw_path`) may go on. Valid credentials always allow; without them
+    /// the path's [`Requirement`] decides. Invalid credentials count as
+    /// none.
+    pub async fn authorize(&self, path: &str, raw_path: &str, headers: &HeaderMap) -> Decision {
         let Some(htpasswd) = self.htpasswd.as_ref().filter(|_| self.enabled) else {
             return Decision::Allow { user: None };
         };
-        let requirement = self.rules.classify(path);
+        let requirement = self.requirement(path, raw_path);
 
         let user = match basic_credentials(headers) {
             Some(credentials) => match htpasswd
@@ -112,6 +113,40 @@ impl AccessControl {
             (None, Requirement::Credentials(realm)) => Decision::Challenge { realm },
         }
     }
+}
+
+impl AccessControl {
+    /// Classifies the request. An encoded slash (`%2F`) is a separator in
+    /// the canonical path but stays inside one segment for the tenant,
+    /// which receives the original path; such a path is classified both
+    /// ways and the stricter requirement applies, so
+    /// `/event/public%2Fpeople` cannot borrow a rule meant for
+    /// `/event/public/`.
+    fn requirement(&self, path: &str, raw_path: &str) -> Requirement {
+        let requirement = self.rules.classify(path);
+        if matches!(requirement, Requirement::Credentials(_)) || !has_encoded_slash(raw_path) {
+            return requirement;
+        }
+        let literal = raw_path.replace("%2f", "%252f").replace("%2F", "%252F");
+        let as_tenant_sees_it = match crate::canonical::canonicalize(&literal) {
+            Ok(canonical) => self.rules.classify(&canonical),
+            Err(_) => Requirement::Credentials(self.rules.default_realm().clone()),
+        };
+        match (requirement, as_tenant_sees_it) {
+            (_, strict @ Requirement::Credentials(_)) => strict,
+            (Requirement::PublicIfStatic, _) | (_, Requirement::PublicIfStatic) => {
+                Requirement::PublicIfStatic
+            }
+            (requirement, _) => requirement,
+        }
+    }
+}
+
+fn has_encoded_slash(raw_path: &str) -> bool {
+    raw_path
+        .as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1] == b'2' && (w[2] == b'f' || w[2] == b'F'))
 }
 
 /// Credentials from an `Authorization: Basic` header.
