@@ -13,7 +13,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -102,25 +102,47 @@ fn is_valid_host(host: &[u8]) -> bool {
     })
 }
 
-/// The body size limit of one request, kept in the request's extensions
-/// so that whichever step streams the body applies it. `exceeded` turns
-/// true when the body was cut off, so the step can answer 413.
+/// The body size limit of one request and what became of its body, kept
+/// in the request's extensions so that whichever step streams the body
+/// applies the limit, and can tell a client's fault (413, 400) from an
+/// upstream's (502) when forwarding fails.
 #[derive(Debug, Clone)]
 pub struct BodyLimit {
-    max: u64,
-    exceeded: Arc<AtomicBool>,
+    max: Option<u64>,
+    outcome: Arc<AtomicU8>,
 }
 
+const BODY_OK: u8 = 0;
+const BODY_TOO_LARGE: u8 = 1;
+const BODY_CLIENT_ERROR: u8 = 2;
+
 impl BodyLimit {
-    pub fn new(max: u64) -> BodyLimit {
+    /// A limit of `max` bytes; `None` only watches for client errors.
+    pub fn new(max: Option<u64>) -> BodyLimit {
         BodyLimit {
             max,
-            exceeded: Arc::new(AtomicBool::new(false)),
+            outcome: Arc::new(AtomicU8::new(BODY_OK)),
         }
     }
 
+    /// Whether the body was cut off at the limit.
     pub fn exceeded(&self) -> bool {
-        self.exceeded.load(Ordering::Acquire)
+        self.outcome.load(Ordering::Acquire) == BODY_TOO_LARGE
+    }
+
+    /// Whether reading the body from the client failed: broken chunked
+    /// framing, a body shorter than its `Content-Length`, a reset.
+    pub fn client_failed(&self) -> bool {
+        self.outcome.load(Ordering::Acquire) == BODY_CLIENT_ERROR
+    }
+
+    /// The status to answer when forwarding failed because of the body.
+    pub fn failure_status(&self) -> Option<StatusCode> {
+        match self.outcome.load(Ordering::Acquire) {
+            BODY_TOO_LARGE => Some(StatusCode::PAYLOAD_TOO_LARGE),
+            BODY_CLIENT_ERROR => Some(StatusCode::BAD_REQUEST),
+            _ => None,
+        }
     }
 }
 
@@ -139,8 +161,9 @@ impl std::fmt::Display for BodyTooLarge {
 impl std::error::Error for BodyTooLarge {}
 
 /// Returns `body` as a streaming [`Body`] that fails with [`BodyTooLarge`]
-/// once more than the limit in `extensions` has arrived. Chunked bodies
-/// declare no length, so they are cut off here.
+/// once more than the limit in `extensions` has arrived, and records
+/// client errors there. Chunked bodies declare no length, so they are cut
+/// off here.
 pub fn limit_request_body(body: Incoming, extensions: &Extensions) -> Body {
     match extensions.get::<BodyLimit>() {
         Some(limit) => LimitedBody {
@@ -172,16 +195,19 @@ impl HttpBody for LimitedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.received += data.len() as u64;
-                    if self.received > self.limit.max {
-                        self.limit.exceeded.store(true, Ordering::Release);
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
-                            max: self.limit.max,
-                        }))));
+                    if let Some(max) = self.limit.max.filter(|max| self.received > *max) {
+                        self.limit.outcome.store(BODY_TOO_LARGE, Ordering::Release);
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge { max }))));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(Box::new(error)))),
+            Poll::Ready(Some(Err(error))) => {
+                self.limit
+                    .outcome
+                    .store(BODY_CLIENT_ERROR, Ordering::Release);
+                Poll::Ready(Some(Err(Box::new(error))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

@@ -13,7 +13,7 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use crate::access_log::{self, AccessRecord, Answer};
 use crate::app::App;
@@ -116,9 +116,8 @@ async fn route(
             &format!("{} {}", error.status(), error.message()),
         );
     }
-    if let Some(max) = max_body_bytes {
-        head.extensions.insert(limits::BodyLimit::new(max));
-    }
+    head.extensions
+        .insert(limits::BodyLimit::new(max_body_bytes));
 
     // 0. Canonical path: every later step matches this one decoded path.
     let path = match canonical::canonicalize(head.uri.path()) {
@@ -484,15 +483,19 @@ async fn proxy_to_tenant(
     match proxy::forward(&app.client, request, target).await {
         Ok(response) => response,
         Err(error) => {
+            if let Some(status) = body_limit.and_then(|limit| limit.failure_status()) {
+                // The client's body failed, not the tenant.
+                debug!(tenant = %tenant.name, request_id = ?context.request_id, error = %error, "request body failed while proxying");
+                context.record.answer = Answer::Error;
+                let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    "413 the request body is larger than this server accepts"
+                } else {
+                    "400 the request body could not be read"
+                };
+                return responses::text(status, message);
+            }
             let status = match error {
                 ProxyError::InvalidTarget(_) => StatusCode::BAD_REQUEST,
-                _ if body_limit.is_some_and(|limit| limit.exceeded()) => {
-                    context.record.answer = Answer::Error;
-                    return responses::text(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "413 the request body is larger than this server accepts",
-                    );
-                }
                 _ => StatusCode::BAD_GATEWAY,
             };
             warn!(
