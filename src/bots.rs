@@ -18,7 +18,7 @@ pub fn warm_up() {
     LazyLock::force(&BOTS);
 }
 
-/// Whether `user_agent` belongs to a known bot or crawler. A request
+/// Checks whether `user_agent` belongs to a known bot or crawler. A request
 /// without a User-Agent is not treated as a bot: health checkers and
 /// scripts often send none, and bots that hide are not stopped by this
 /// anyway.
@@ -26,15 +26,15 @@ pub fn is_bot(user_agent: &str) -> bool {
     !user_agent.trim().is_empty() && BOTS.is_bot(user_agent)
 }
 
-/// The setting that applies to a request: the tenant's own when it has
-/// one, else the server-wide one.
+/// Returns the setting that applies to a request: the tenant's own when
+/// it has one, else the server-wide one.
 pub fn effective<'a>(global: &'a BotDetection, tenant: Option<&'a TenantSpec>) -> &'a BotDetection {
     tenant
         .and_then(|tenant| tenant.bot_detection.as_ref())
         .unwrap_or(global)
 }
 
-/// Whether `setting` turns this request away. `reject` and `static-only`
+/// Checks whether `setting` turns this request away. `reject` and `static-only`
 /// behave alike at this step: static files were served before it, and
 /// everything that reaches it is dynamic.
 pub fn blocks(setting: &BotDetection, headers: &HeaderMap) -> bool {

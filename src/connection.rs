@@ -2,9 +2,10 @@
 //! using them: a deadline for the first byte, and the idle timeout.
 //!
 //! hyper bounds the time to read an HTTP/1 request head
-//! (`header_read_timeout`) once it has started waiting for one, but the
-//! auto builder first waits for enough bytes to tell HTTP/1 from HTTP/2
-//! without any deadline, and HTTP/2 connections have no idle limit. The
+//! (`header_read_timeout`) once it has started waiting for one. But its
+//! auto builder first waits without a deadline for the bytes that
+//! distinguish HTTP/1 from HTTP/2, and HTTP/2 connections have no idle
+//! limit. The
 //! [`Activity`] of a connection records when bytes last moved and how many
 //! requests are in flight; [`watch_idle`] ends a connection that had no
 //! request in flight and no traffic for the idle timeout.

@@ -1,7 +1,7 @@
 //! Request checks against malformed or abusive input that hyper's parser
 //! lets through, and the request body size limit.
 //!
-//! hyper already answers 400 to malformed request lines and headers
+//! hyper already responds with 400 to malformed request lines and headers
 //! (control characters and bare CR in values, obs-fold continuation
 //! lines, differing duplicate `Content-Length`, a `Transfer-Encoding`
 //! other than chunked, `Transfer-Encoding` on HTTP/1.0), 431 to heads over
@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 
 use crate::body::{Body, BoxError};
 
-/// Why a request head was refused.
+/// Reasons to reject a request head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeadError {
     /// HTTP/1.1 requires a `Host` header (RFC 9112, section 3.2).
@@ -89,7 +89,7 @@ pub fn check_head(
     Ok(())
 }
 
-/// Whether `host` is `name[:port]` or `[v6][:port]`, without user info.
+/// Checks that `host` is `name[:port]` or `[v6][:port]`, without user info.
 fn is_valid_host(host: &[u8]) -> bool {
     if host.is_empty() || host.contains(&b'@') {
         return false;
@@ -102,10 +102,10 @@ fn is_valid_host(host: &[u8]) -> bool {
     })
 }
 
-/// The body size limit of one request and what became of its body, kept
-/// in the request's extensions so that whichever step streams the body
-/// applies the limit, and can tell a client's fault (413, 400) from an
-/// upstream's (502) when forwarding fails.
+/// The body size limit of one request, and the outcome of reading its
+/// body. It is kept in the request's extensions, so whichever step streams
+/// the body applies the limit. When forwarding fails, that step can then
+/// tell a client's fault (413, 400) from an upstream's (502).
 #[derive(Debug, Clone)]
 pub struct BodyLimit {
     max: Option<u64>,
@@ -117,7 +117,7 @@ const BODY_TOO_LARGE: u8 = 1;
 const BODY_CLIENT_ERROR: u8 = 2;
 
 impl BodyLimit {
-    /// A limit of `max` bytes; `None` only watches for client errors.
+    /// Creates a limit of `max` bytes. `None` only records client errors.
     pub fn new(max: Option<u64>) -> BodyLimit {
         BodyLimit {
             max,
@@ -125,18 +125,18 @@ impl BodyLimit {
         }
     }
 
-    /// Whether the body was cut off at the limit.
+    /// Returns whether the body was cut off at the limit.
     pub fn exceeded(&self) -> bool {
         self.outcome.load(Ordering::Acquire) == BODY_TOO_LARGE
     }
 
-    /// Whether reading the body from the client failed: broken chunked
+    /// Returns whether reading the body from the client failed: broken chunked
     /// framing, a body shorter than its `Content-Length`, a reset.
     pub fn client_failed(&self) -> bool {
         self.outcome.load(Ordering::Acquire) == BODY_CLIENT_ERROR
     }
 
-    /// The status to answer when forwarding failed because of the body.
+    /// Returns the status to send when forwarding failed because of the body.
     pub fn failure_status(&self) -> Option<StatusCode> {
         match self.outcome.load(Ordering::Acquire) {
             BODY_TOO_LARGE => Some(StatusCode::PAYLOAD_TOO_LARGE),

@@ -18,7 +18,7 @@ fn basic(user: &str, password: &str) -> String {
     format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
 }
 
-/// The Showcase region config shape: root path `/showcase`, realm
+/// Returns the Showcase region config shape: root path `/showcase`, realm
 /// "Showcase", public prefixes, exact paths, globs, `off` patterns, a
 /// realm pattern, global bot rejection and a demo tenant that lets bots in.
 fn region_extra() -> String {
@@ -228,7 +228,7 @@ fn bot_detection_global_and_tenant() {
 fn auth_bypass_attempts_refused() {
     let navigator = start_region(&bcrypt_line(JUDGE.0, JUDGE.1), &[]);
     let cases: &[(&str, u16)] = &[
-        // glob rules: only static answers are public
+        // glob rules: only static files are public
         ("/showcase/2025/raleigh/disney/people.css", 401),
         ("/showcase/2025/raleigh/disney/people%2ecss", 401),
         ("/showcase/2025/raleigh/disney/people%2Ecss", 401),

@@ -52,7 +52,7 @@ fn reaching(mut case: Case) -> Case {
     case
 }
 
-/// A GET with `Host: localhost` and `Connection: close`.
+/// Builds a GET with `Host: localhost` and `Connection: close`.
 fn get(target: &str) -> String {
     format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
 }
@@ -558,8 +558,8 @@ fn hostile_requests_answered_and_contained() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
-    // The request log is appended before a tenant answers, and every case
-    // above has been answered, so it is complete now.
+    // A tenant appends to the request log before it responds, and every
+    // case above got its response, so the log is complete now.
     let log = std::fs::read_to_string(navigator.path("requests.log")).unwrap_or_default();
     let reached: Vec<&str> = log.lines().filter(|l| !l.contains(" GET /up ")).collect();
     for (number, case) in cases.iter().enumerate() {

@@ -35,7 +35,7 @@ pub enum PasswordHash {
     Plain([u8; 32]),
 }
 
-/// The prefix that tells MD5-crypt variants apart; it is also hashed in.
+/// The prefix that distinguishes MD5-crypt variants. It is hashed in too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Md5Magic {
     /// `$1$`, as crypt(3) and `openssl passwd -1` write it.
@@ -53,7 +53,7 @@ impl Md5Magic {
     }
 }
 
-/// Why a stored hash cannot be used.
+/// The reason a stored hash cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidHash(pub String);
 
@@ -119,7 +119,7 @@ impl PasswordHash {
         )))
     }
 
-    /// The format's name for logs and errors.
+    /// Returns the format's name for logs and errors.
     pub fn format_name(&self) -> &'static str {
         match self {
             PasswordHash::Bcrypt(_) => "bcrypt",
@@ -138,8 +138,9 @@ impl PasswordHash {
         }
     }
 
-    /// Whether verifying costs enough CPU time (bcrypt: tens of ms; SHA-crypt:
-    /// thousands of rounds) to belong on a blocking thread.
+    /// Checks whether verifying costs enough CPU time to belong on a
+    /// blocking thread (bcrypt: tens of ms, the crypt formats: thousands
+    /// of rounds).
     pub fn is_expensive(&self) -> bool {
         matches!(
             self,
@@ -309,7 +310,7 @@ fn push_crypt_base64(out: &mut String, mut value: u32, characters: usize) {
 mod tests {
     use super::*;
 
-    // Known answers computed with `openssl passwd -1` and `-apr1` (OpenSSL 3).
+    // Expected hashes computed with `openssl passwd -1` and `-apr1` (OpenSSL 3).
     #[test]
     fn md5_crypt_known_answers() {
         let cases = [

@@ -116,7 +116,7 @@ impl Users {
     }
 }
 
-/// What identifies one version of the file on disk.
+/// The identity of one version of the file on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileStamp {
     modified: Option<SystemTime>,
@@ -135,7 +135,7 @@ impl FileStamp {
     }
 }
 
-/// The parsed copy and the stamp of the file it was parsed from; no stamp
+/// The parsed copy and the stamp of the file it was parsed from. No stamp
 /// means the file was missing or unreadable at the last look.
 struct Snapshot {
     stamp: Option<FileStamp>,
@@ -154,7 +154,7 @@ struct Cache {
 pub enum Verdict {
     Valid,
     Invalid,
-    /// The file is missing or unreadable: nobody can be authenticated.
+    /// The file is missing or unreadable, so no user can be authenticated.
     FileMissing,
 }
 
@@ -211,7 +211,7 @@ impl Htpasswd {
         &self.path
     }
 
-    /// Whether the file exists and was readable at the last look.
+    /// Checks whether the file exists and is readable, parsing it again if it changed.
     pub fn is_available(&self) -> bool {
         self.current().is_some()
     }
@@ -256,8 +256,8 @@ impl Htpasswd {
         }
     }
 
-    /// The users of the file as it is on disk now, parsing it again if it
-    /// changed; `None` when it is missing or unreadable.
+    /// Returns the users of the file as it is on disk now, parsing it
+    /// again if it changed, or `None` when it is missing or unreadable.
     fn current(&self) -> Option<Arc<Users>> {
         let stamp = FileStamp::of(&self.path);
         {

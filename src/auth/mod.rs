@@ -3,7 +3,7 @@
 //!
 //! [`AccessControl::authorize`] is pipeline step 4. It runs before every
 //! routing decision and returns one of three outcomes (see [`Decision`]):
-//! allow, allow only a static-file answer, or challenge with 401.
+//! allow, allow only a static-file response, or challenge with 401.
 
 pub mod hash;
 pub mod htpasswd;
@@ -25,17 +25,17 @@ use crate::responses;
 pub use htpasswd::{Htpasswd, Verdict};
 pub use rules::{PublicRules, Requirement};
 
-/// What step 4 decided for a request.
+/// The outcome of step 4 for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Route normally. `user` is set when valid credentials came along,
     /// also on public paths, so that CGI gets `REMOTE_USER`.
     Allow { user: Option<String> },
-    /// A glob made the path public for static answers only and no valid
-    /// credentials came along: the static-file step may answer, every
+    /// A glob made the path public for static files only, and no valid
+    /// credentials came along. The static-file step may respond; every
     /// other outcome is a 401 with this realm.
     StaticOnly { realm: Arc<str> },
-    /// Answer 401 with this realm now.
+    /// Respond with 401 and this realm now.
     Challenge { realm: Arc<str> },
 }
 
@@ -73,8 +73,8 @@ impl AccessControl {
         self.enabled
     }
 
-    /// The htpasswd path when auth is enabled and the file is missing or
-    /// unreadable.
+    /// Returns the htpasswd path when auth is enabled and the file is
+    /// missing or unreadable.
     pub fn missing_htpasswd(&self) -> Option<&std::path::Path> {
         let htpasswd = self.htpasswd.as_ref()?;
         (!htpasswd.is_available()).then(|| htpasswd.path())
@@ -117,11 +117,10 @@ impl AccessControl {
 
 impl AccessControl {
     /// Classifies the request. An encoded slash (`%2F`) is a separator in
-    /// the canonical path but stays inside one segment for the tenant,
-    /// which receives the original path; such a path is classified both
-    /// ways and the stricter requirement applies, so
-    /// `/event/public%2Fpeople` cannot borrow a rule meant for
-    /// `/event/public/`.
+    /// the canonical path, but the tenant receives the original path and
+    /// sees it inside one segment. Such a path is classified both ways and
+    /// the stricter requirement applies, so `/event/public%2Fpeople`
+    /// cannot borrow a rule meant for `/event/public/`.
     fn requirement(&self, path: &str, raw_path: &str) -> Requirement {
         let requirement = self.rules.classify(path);
         if matches!(requirement, Requirement::Credentials(_)) || !has_encoded_slash(raw_path) {
@@ -188,7 +187,7 @@ pub fn basic_credentials(headers: &HeaderMap) -> Option<Credentials> {
     })
 }
 
-/// The 401 answer with a Basic challenge for `realm`.
+/// Builds the 401 response with a Basic challenge for `realm`.
 pub fn challenge(realm: &str) -> Response<Body> {
     let mut response = responses::error_page(
         StatusCode::UNAUTHORIZED,

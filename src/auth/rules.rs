@@ -1,4 +1,4 @@
-//! Which paths need credentials: `auth.public_paths` and `auth.auth_patterns`
+//! The public-path rules: `auth.public_paths` and `auth.auth_patterns`
 //! compiled into matchers once per config.
 
 use std::collections::HashSet;
@@ -11,12 +11,12 @@ use crate::compile::AuthRules;
 use crate::compile::rules::AuthAction;
 use crate::config::{ConfigError, Loaded};
 
-/// What a path needs before the pipeline may route it.
+/// The credentials a path needs before the pipeline may route it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Requirement {
-    /// Every answer is allowed without credentials.
+    /// Every response is allowed without credentials.
     Public,
-    /// Without credentials only the static-file step may answer. Globs
+    /// Without credentials only the static-file step may respond. Globs
     /// such as `*.css` give this, so that a tenant route with a format
     /// suffix (`/2025/boston/people.css`) still needs credentials.
     PublicIfStatic,
@@ -153,7 +153,7 @@ impl PublicRules {
         Requirement::Credentials(self.default_realm.clone())
     }
 
-    /// The realm of a challenge for paths that no realm pattern names.
+    /// Returns the realm of a challenge for paths that no realm pattern names.
     pub fn default_realm(&self) -> &Arc<str> {
         &self.default_realm
     }
