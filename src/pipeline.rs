@@ -138,9 +138,9 @@ async fn route(
     // 3. Broadcast endpoint (loopback peers only).
     // TODO: the built-in cable's broadcast endpoint answers here.
 
-    // 4. Authentication, before every routing decision. A path that is
-    // public only for static answers (a glob such as `*.css`) and came
-    // without valid credentials leaves the pipeline here: it may get a
+    // 4. Authentication, before every routing decision. A path that a glob
+    // (such as `*.css`) made public for static files only, requested
+    // without valid credentials, leaves the pipeline here. It may get a
     // static file, and nothing else but a 401.
     match snapshot
         .access
@@ -227,10 +227,10 @@ fn request_id(request: &Request<Incoming>) -> HeaderValue {
     HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("-"))
 }
 
-/// The client address for logs and `$remote_addr`: the socket peer, or
-/// with `trust_proxy` the last `X-Forwarded-For` entry, which the trusted
-/// proxy in front appended. Earlier entries come from the client and can
-/// be forged, so they are never used.
+/// Returns the client address for logs and `$remote_addr`: the socket
+/// peer, or with `trust_proxy` the last `X-Forwarded-For` entry, which the
+/// trusted proxy in front appended. Earlier entries come from the client
+/// and can be forged, so they are never used.
 fn client_address(
     snapshot: &Snapshot,
     connection: &Connection,
@@ -269,9 +269,9 @@ fn health_check(
     Some(response)
 }
 
-/// Serves a request that a glob made public for static answers only: the
-/// rewrites apply (they change the path without answering), then the
-/// static-file step; anything else gets the 401 challenge.
+/// Serves a request that a glob made public for static files only. The
+/// rewrites apply, because they change the path without responding. Then
+/// the static-file step runs, and anything else gets the 401 challenge.
 async fn static_or_challenge(
     snapshot: &Snapshot,
     context: &mut RequestContext,
