@@ -19,6 +19,11 @@
 //!   (see [`wants_json`]) describing the request and the process (pid, uid,
 //!   gid and supplementary groups as `/proc/self/status` lists them).
 //!
+//! `DEMO_REQUEST_LOG=FILE` appends one line per request to FILE before the
+//! response goes out: `SCOPE METHOD URI STATUS` (scope from
+//! `RAILS_APP_SCOPE`, `-` without), so tests can prove which requests
+//! reached which tenant.
+//!
 //! Boot knobs from the environment: `DEMO_BOOT_DELAY_MS`,
 //! `DEMO_EXIT_AT_BOOT=CODE`, `DEMO_NEVER_LISTEN=1`, `DEMO_NO_ANSWER=1` and
 //! `DEMO_STDOUT_FLOOD=N`. Like `rails server`, it exits with 1 when
@@ -83,6 +88,7 @@ pub struct Settings {
     pub database_url: Option<String>,
     pub owner: Option<String>,
     pub scope: Option<String>,
+    pub request_log: Option<PathBuf>,
 }
 
 impl Settings {
@@ -122,6 +128,7 @@ impl Settings {
             database_url: non_empty("DATABASE_URL"),
             owner: non_empty("RAILS_APP_OWNER"),
             scope: non_empty("RAILS_APP_SCOPE"),
+            request_log: non_empty("DEMO_REQUEST_LOG").map(PathBuf::from),
         })
     }
 }
@@ -364,6 +371,7 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    let uri = request.uri().to_string();
 
     let response = if let Some(protocol) = request.headers().get(header::UPGRADE).cloned() {
         let upgrade = hyper::upgrade::on(&mut request);
@@ -386,6 +394,21 @@ async fn handle(
         response
     });
     println!("{method} {path} {}", response.status().as_u16());
+    if let Some(file) = &demo.settings.request_log {
+        let scope = demo.settings.scope.as_deref().unwrap_or("-");
+        let line = format!("{scope} {method} {uri} {}\n", response.status().as_u16());
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+            .and_then(|mut file| file.write_all(line.as_bytes()));
+        if let Err(error) = appended {
+            eprintln!(
+                "demo-tenant: failed to append to {}: {error}",
+                file.display()
+            );
+        }
+    }
     Ok(response)
 }
 

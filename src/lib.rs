@@ -3,14 +3,18 @@
 
 pub mod access_log;
 pub mod app;
+pub mod auth;
 pub mod body;
+pub mod bots;
 pub mod canonical;
 pub mod cgi;
 pub mod cli;
 pub mod compile;
 pub mod config;
+pub mod connection;
 pub mod demo;
 pub mod hooks;
+pub mod limits;
 pub mod log_shipping;
 pub mod logging;
 pub mod managed;

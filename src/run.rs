@@ -45,6 +45,15 @@ pub async fn run(config_path: PathBuf) -> i32 {
             return 2;
         }
     };
+    if let Some(path) = snapshot.access.missing_htpasswd() {
+        error!(htpasswd = %path.display(), "authentication is enabled but the htpasswd file is missing or unreadable");
+        eprintln!(
+            "{}: authentication is enabled but the htpasswd file {} is missing or unreadable; create it or set auth.enabled = false",
+            config_path.display(),
+            path.display()
+        );
+        return 2;
+    }
     log.set_format(snapshot.config.logging.format);
     log.set_level(snapshot.config.logging.level);
     log_shipping::configure(&snapshot.config.logging);
@@ -271,6 +280,13 @@ impl Lifecycle {
                 return ReloadOutcome::Rejected(errors.to_string());
             }
         };
+        if let Some(htpasswd) = snapshot.access.missing_htpasswd() {
+            error!(config = %path.display(), htpasswd = %htpasswd.display(), cause = %request.cause, "reload rejected; authentication is enabled but the htpasswd file is missing; keeping the running config");
+            return ReloadOutcome::Rejected(format!(
+                "htpasswd file {} is missing",
+                htpasswd.display()
+            ));
+        }
 
         let old = app.snapshot();
         let listen = snapshot.config.server.listen.clone();

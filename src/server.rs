@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::app::App;
 use crate::config::units::Listen;
+use crate::connection;
 use crate::pipeline::{self, Connection};
 
 /// Binds `listen`. A port without a host binds every IPv6 and IPv4
@@ -108,16 +109,24 @@ pub async fn serve(
     // changes it only together with a new listen address.
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1) as usize));
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    let header_read_timeout = limits.header_read_timeout.get();
+    let idle_timeout = limits.idle_connection_timeout.get();
+    // hyper answers 431 to a head larger than its read buffer, which has
+    // a floor of 8 KiB. Its header timer also runs while an idle
+    // keep-alive connection waits for the next request, so HTTP/1.1
+    // connections idle for `header_read_timeout` close too.
+    let max_header_bytes = (limits.max_header_bytes.0 as usize).max(8192);
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout.get())
-        .max_buf_size((limits.max_header_bytes.0 as usize).max(8192))
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(max_header_bytes)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(250)
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(60)));
     let builder = Arc::new(builder);
 
@@ -152,22 +161,42 @@ pub async fn serve(
             tls,
         };
         let app = app.clone();
-        let service = service_fn(move |request| {
-            let app = app.clone();
-            async move {
-                Ok::<_, std::convert::Infallible>(pipeline::handle(app, connection, request).await)
-            }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
+        let builder = builder.clone();
         let guard = connections.track();
         let mut closing = guard.0.closing.subscribe();
         tokio::spawn(async move {
+            // A client that never sends a byte would otherwise hold its
+            // connection slot: the protocol detection has no deadline.
+            if !connection::first_byte(&stream, header_read_timeout).await {
+                debug!(peer = %connection.peer, "no request within the header read timeout; closing");
+                drop(permit);
+                drop(guard);
+                return;
+            }
+            let activity = connection::Activity::new();
+            let service = {
+                let activity = activity.clone();
+                service_fn(move |request| {
+                    let app = app.clone();
+                    let in_flight = activity.request_started();
+                    async move {
+                        let response = pipeline::handle(app, connection, request).await;
+                        let (parts, body) = response.into_parts();
+                        let body = connection::hold_until_sent(body, in_flight);
+                        Ok::<_, std::convert::Infallible>(http::Response::from_parts(parts, body))
+                    }
+                })
+            };
+            let io = TokioIo::new(connection::TrackedIo::new(stream, activity.clone()));
+            let conn = builder.serve_connection_with_upgrades(io, service);
             tokio::pin!(conn);
             let finished = tokio::select! {
                 result = conn.as_mut() => Some(result),
                 _ = stopped(&mut closing) => None,
+                _ = connection::watch_idle(activity, idle_timeout) => {
+                    debug!(peer = %connection.peer, idle_secs = idle_timeout.as_secs(), "closing an idle connection");
+                    None
+                }
             };
             let result = match finished {
                 Some(result) => result,

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
+use crate::auth::AccessControl;
 use crate::config::schema::{BotDetection, CgiScript, Config};
 use crate::config::{ConfigErrors, EnvLookup, Loaded};
 use crate::static_files::StaticFiles;
@@ -59,6 +60,8 @@ pub struct Snapshot {
     pub path_rules: PathRules,
     pub replay: ReplayRules,
     pub auth: AuthRules,
+    /// The public-path matchers and the htpasswd file built from `auth`.
+    pub access: AccessControl,
     pub reverse_proxies: Vec<ProxyRoute>,
     pub cgi: HashMap<String, CgiScript>,
     pub bot_detection: BotDetection,
@@ -146,6 +149,17 @@ impl Snapshot {
         let path_rules = PathRules::compile(&loaded, &mut errors);
         let replay = ReplayRules::compile(&loaded, &mut errors);
         let auth = AuthRules::compile(&loaded, &mut errors);
+        let access = AccessControl::compile(&loaded, &auth, &mut errors);
+        let bots_enabled = server.bot_detection.enabled
+            || config.applications.tenants.iter().any(|tenant| {
+                tenant
+                    .bot_detection
+                    .as_ref()
+                    .is_some_and(|bots| bots.enabled)
+            });
+        if bots_enabled {
+            crate::bots::warm_up();
+        }
         let reverse_proxies = rules::compile_reverse_proxies(&loaded, &mut errors);
 
         let mut cgi = HashMap::new();
@@ -201,6 +215,7 @@ impl Snapshot {
             path_rules,
             replay,
             auth,
+            access,
             reverse_proxies,
             cgi,
             bot_detection: server.bot_detection.clone(),

@@ -115,7 +115,7 @@ pub async fn forward(
     let body: Body = if websocket {
         crate::body::empty()
     } else {
-        body.map_err(|e| Box::new(e) as BoxError).boxed()
+        crate::limits::limit_request_body(body, &parts.extensions)
     };
 
     let mut response = client
