@@ -33,11 +33,33 @@ pub enum Answer {
     BotBlocked,
     Broadcast,
     ReverseProxy,
+    /// navigator's own status page, status JSON or metrics.
+    Status,
     NotFound,
     Error,
 }
 
 impl Answer {
+    /// Every answer, in declaration order; `answer as usize` indexes it.
+    pub const ALL: [Answer; 16] = [
+        Answer::Static,
+        Answer::Proxy,
+        Answer::FlyReplay,
+        Answer::Redirect,
+        Answer::Rewrite,
+        Answer::Maintenance,
+        Answer::AuthFailure,
+        Answer::Cgi,
+        Answer::WebSocket,
+        Answer::Health,
+        Answer::BotBlocked,
+        Answer::Broadcast,
+        Answer::ReverseProxy,
+        Answer::Status,
+        Answer::NotFound,
+        Answer::Error,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Answer::Static => "static",
@@ -53,6 +75,7 @@ impl Answer {
             Answer::BotBlocked => "bot-blocked",
             Answer::Broadcast => "broadcast",
             Answer::ReverseProxy => "reverse-proxy",
+            Answer::Status => "status",
             Answer::NotFound => "not-found",
             Answer::Error => "error",
         }
@@ -85,6 +108,8 @@ pub struct AccessRecord {
 impl Drop for AccessRecord {
     fn drop(&mut self) {
         let status = self.status.unwrap_or(499);
+        let duration = self.started.elapsed();
+        crate::metrics::record_request(self.answer, status, duration);
         info!(
             target: TARGET,
             client = %self.client,
@@ -94,7 +119,7 @@ impl Drop for AccessRecord {
             protocol = ?self.version,
             status,
             bytes = self.bytes,
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = duration.as_secs_f64() * 1000.0,
             request_id = self.request_id.to_str().unwrap_or("-"),
             user_agent = header_text(&self.user_agent),
             referer = header_text(&self.referer),
@@ -149,5 +174,20 @@ impl HttpBody for CountingBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_answers_indexed_by_discriminant() {
+        for (index, answer) in Answer::ALL.iter().enumerate() {
+            assert_eq!(*answer as usize, index, "{}", answer.as_str());
+        }
+        let names: std::collections::HashSet<&str> =
+            Answer::ALL.iter().map(|answer| answer.as_str()).collect();
+        assert_eq!(names.len(), Answer::ALL.len());
     }
 }

@@ -2,11 +2,14 @@
 //! tenant supervisor and the upstream client.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
 use crate::compile::Snapshot;
+use crate::managed::ManagedProcesses;
 use crate::proxy;
 use crate::reload::{ReloadQueue, Reloader};
 use crate::supervisor::tenants::Supervisor;
@@ -22,6 +25,13 @@ pub struct App {
     pub reloader: Reloader,
     /// The other end of `reloader`, until the lifecycle loop takes it.
     reload_queue: Mutex<Option<ReloadQueue>>,
+    /// The helper processes of `managed_processes`.
+    pub managed: Arc<ManagedProcesses>,
+    /// When navigator started, for uptimes.
+    pub started: Instant,
+    pub started_at: SystemTime,
+    /// Reloads applied since startup.
+    reloads: AtomicU64,
 }
 
 impl App {
@@ -37,6 +47,10 @@ impl App {
             client: proxy::new_client(),
             reloader,
             reload_queue: Mutex::new(Some(reload_queue)),
+            managed: ManagedProcesses::new(),
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            reloads: AtomicU64::new(0),
         })
     }
 
@@ -50,6 +64,16 @@ impl App {
     pub fn install(&self, snapshot: Arc<Snapshot>) {
         self.supervisor.apply(&snapshot);
         self.snapshot.store(snapshot);
+    }
+
+    /// Counts an applied reload.
+    pub fn count_reload(&self) {
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Returns the number of reloads applied since startup.
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
     }
 
     /// Returns the config file that a reload without a named file loads.

@@ -97,6 +97,7 @@ pub fn init(format: LogFormat) -> LogControl {
         .with(filter)
         .with(layer)
         .with(crate::log_shipping::layer())
+        .with(crate::status::recent::layer())
         .try_init();
     LogControl {
         handle,

@@ -36,9 +36,66 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// What a managed process is doing, as the status page shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ManagedState {
+    /// Waiting for its `start_delay`.
+    Waiting,
+    Running,
+    /// Exited; waiting for the backoff delay before the next start.
+    Restarting,
+    /// Exited and not restarted (`auto_restart` off).
+    Exited,
+    Stopping,
+    Stopped,
+}
+
+/// A managed process's state, shared by its supervising task and the
+/// status page.
+#[derive(Debug)]
+struct Observed {
+    name: String,
+    current: Mutex<ObservedState>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ObservedState {
+    state: ManagedState,
+    pid: Option<u32>,
+    /// Restarts after an exit since navigator started it.
+    restarts: u32,
+    /// When `state` was entered.
+    since: Instant,
+}
+
+impl Observed {
+    fn set(&self, state: ManagedState, pid: Option<u32>) {
+        let mut current = lock(&self.current);
+        if state == ManagedState::Running && current.state == ManagedState::Restarting {
+            current.restarts = current.restarts.saturating_add(1);
+        }
+        current.state = state;
+        current.pid = pid;
+        current.since = Instant::now();
+    }
+}
+
+/// A managed process as the status page and `status.json` show it.
+#[derive(Debug, Clone)]
+pub struct ManagedStatus {
+    pub name: String,
+    pub state: ManagedState,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    /// Time in the current state.
+    pub for_duration: Duration,
+}
+
 /// One configured process and the task that supervises it.
 struct Entry {
     config: ManagedProcess,
+    observed: Arc<Observed>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     /// Order of the first successful spawn (1, 2, ...); 0 while it never
@@ -52,6 +109,10 @@ pub struct ManagedProcesses {
     next_start_order: Arc<AtomicU64>,
     /// Time between SIGTERM and SIGKILL when a process is stopped.
     grace: Mutex<Duration>,
+    /// The states of the configured processes, in config order; kept
+    /// apart from `entries` so that reading them never waits for a
+    /// reload that is stopping processes.
+    observed: Mutex<Vec<Arc<Observed>>>,
 }
 
 impl Default for ManagedProcesses {
@@ -60,6 +121,7 @@ impl Default for ManagedProcesses {
             entries: tokio::sync::Mutex::new(Vec::new()),
             next_start_order: Arc::new(AtomicU64::new(1)),
             grace: Mutex::new(Duration::from_secs(10)),
+            observed: Mutex::new(Vec::new()),
         }
     }
 }
@@ -109,6 +171,7 @@ impl ManagedProcesses {
                 }
             }
         }
+        *lock(&self.observed) = entries.iter().map(|e| e.observed.clone()).collect();
         drop(entries);
         for first_attempt in spawned {
             // An error means the task ended without trying, which only a
@@ -129,6 +192,23 @@ impl ManagedProcesses {
         }
     }
 
+    /// Returns the state of every configured process, in config order.
+    pub fn status(&self) -> Vec<ManagedStatus> {
+        lock(&self.observed)
+            .iter()
+            .map(|observed| {
+                let current = *lock(&observed.current);
+                ManagedStatus {
+                    name: observed.name.clone(),
+                    state: current.state,
+                    pid: current.pid,
+                    restarts: current.restarts,
+                    for_duration: current.since.elapsed(),
+                }
+            })
+            .collect()
+    }
+
     /// Names of the configured processes, in config order.
     pub async fn names(&self) -> Vec<String> {
         let entries = self.entries.lock().await;
@@ -141,7 +221,22 @@ impl ManagedProcesses {
         let (stop, stop_requested) = watch::channel(false);
         let (first_attempt, attempted) = oneshot::channel();
         let start_order = Arc::new(AtomicU64::new(0));
+        let initial = if config.start_delay.is_zero() {
+            ManagedState::Stopped
+        } else {
+            ManagedState::Waiting
+        };
+        let observed = Arc::new(Observed {
+            name: config.name.clone(),
+            current: Mutex::new(ObservedState {
+                state: initial,
+                pid: None,
+                restarts: 0,
+                since: Instant::now(),
+            }),
+        });
         let supervisor = Supervision {
+            observed: observed.clone(),
             config: config.clone(),
             stop_requested,
             start_order: start_order.clone(),
@@ -151,6 +246,7 @@ impl ManagedProcesses {
         };
         let entry = Entry {
             config,
+            observed,
             stop,
             task: tokio::spawn(supervisor.run()),
             start_order,
@@ -169,6 +265,7 @@ async fn stop_entry(entry: Entry) {
 /// The state of one supervising task.
 struct Supervision {
     config: ManagedProcess,
+    observed: Arc<Observed>,
     stop_requested: watch::Receiver<bool>,
     start_order: Arc<AtomicU64>,
     next_start_order: Arc<AtomicU64>,
@@ -196,8 +293,10 @@ impl Supervision {
             }
             if !self.config.auto_restart {
                 info!(process = %name, "managed process will not be restarted (auto_restart is off)");
+                self.observed.set(ManagedState::Exited, None);
                 return;
             }
+            self.observed.set(ManagedState::Restarting, None);
             if started.elapsed() >= STABLE_UPTIME {
                 failures = 0;
             }
@@ -246,6 +345,7 @@ impl Supervision {
             self.start_order.store(order, Ordering::Release);
         }
         info!(process = %name, pid = child.pid(), "managed process started");
+        self.observed.set(ManagedState::Running, Some(child.pid()));
 
         let mut stop = self.stop_requested.clone();
         tokio::select! {
@@ -259,10 +359,12 @@ impl Supervision {
             }
             _ = stopped(&mut stop) => {
                 info!(process = %name, pid = child.pid(), "stopping managed process");
+                self.observed.set(ManagedState::Stopping, Some(child.pid()));
                 match child.stop(self.grace).await {
                     Ok(status) => info!(process = %name, pid = child.pid(), status = %process::describe_status(status), "managed process stopped"),
                     Err(error) => warn!(process = %name, pid = child.pid(), error = %error, "waiting for the managed process failed"),
                 }
+                self.observed.set(ManagedState::Stopped, None);
                 Ended::Stopped
             }
         }
@@ -394,5 +496,42 @@ mod tests {
         managed.apply(&[process], Duration::from_secs(1)).await;
         managed.stop_all().await;
         assert!(!marker.exists());
+    }
+
+    #[tokio::test]
+    async fn status_follows_each_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("long.pid");
+        let long = sh(
+            "long",
+            &format!("echo $$ > {}; exec sleep 100", pid_file.display()),
+        );
+        let short = sh("short", "exit 0");
+        let mut late = sh("late", "exit 0");
+        late.start_delay = units::Duration::from_secs(100);
+        let managed = ManagedProcesses::new();
+        managed
+            .apply(&[long, short, late], Duration::from_secs(5))
+            .await;
+        let pid = wait_for_pid(&pid_file).await;
+
+        let mut states = Vec::new();
+        for _ in 0..500 {
+            states = managed.status();
+            if states[1].state == ManagedState::Exited {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let names: Vec<&str> = states.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["long", "short", "late"]);
+        assert_eq!(states[0].state, ManagedState::Running);
+        assert_eq!(states[0].pid, Some(pid as u32));
+        assert_eq!(states[1].state, ManagedState::Exited);
+        assert_eq!(states[1].pid, None);
+        assert_eq!(states[2].state, ManagedState::Waiting);
+
+        managed.stop_all().await;
+        assert!(!alive(pid));
     }
 }

@@ -26,6 +26,7 @@ use crate::compile::{Snapshot, TenantSpec};
 use crate::limits;
 use crate::proxy::{self, Forward, Forwarding, ProxyError, headers::X_REQUEST_ID};
 use crate::responses;
+use crate::status::{self, Stage};
 use crate::supervisor::tenants::AcquireError;
 
 /// Facts about the connection a request arrived on.
@@ -139,6 +140,11 @@ async fn route(
     // 3. Broadcast endpoint (loopback peers only).
     // TODO: the built-in cable's broadcast endpoint answers here.
 
+    // Status pages for loopback peers, who need no credentials.
+    if let Some(response) = status::serve(app, context, &path, &head, Stage::BeforeAuthentication) {
+        return response;
+    }
+
     // 4. Authentication, before every routing decision. A path that a glob
     // (such as `*.css`) made public for static files only, requested
     // without valid credentials, leaves the pipeline here. It may get a
@@ -161,8 +167,15 @@ async fn route(
         }
     }
 
+    // Status pages for authenticated users on other peers.
+    if let Some(response) = status::serve(app, context, &path, &head, Stage::AfterAuthentication) {
+        return response;
+    }
+
     // 5. Cable endpoint.
-    // TODO: the built-in cable's WebSocket endpoint answers here.
+    // TODO: the built-in cable's WebSocket endpoint answers here; it
+    // counts connections in `metrics::CABLE_CONNECTIONS` (open) and
+    // `metrics::CABLE_CONNECTIONS_OPENED`.
 
     // 6. Redirects, rewrites, Fly-Replay, trailing-slash redirects.
     if let Some(response) = redirect(&snapshot, context, &path, &head) {
@@ -176,7 +189,9 @@ async fn route(
         }
     }
     let path = rewritten.clone().unwrap_or(path);
-    // TODO: Fly-Replay rules answer here (first match in config order).
+    // TODO: Fly-Replay rules answer here (first match in config order),
+    // with the body from `compile::replay_body`; count each replay with
+    // `metrics::REPLAYS.inc()`.
     if let Some(response) = trailing_slash_redirect(&snapshot, context, &path, &head) {
         return response;
     }

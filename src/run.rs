@@ -17,6 +17,7 @@ use crate::hooks::{self, ServerEvent};
 use crate::log_shipping;
 use crate::logging::{self, LogControl};
 use crate::managed::ManagedProcesses;
+use crate::metrics;
 use crate::reload::{self, Condition, ReloadOutcome, ReloadQueue, ReloadRequest};
 use crate::server::{self, Connections};
 use crate::supervisor::cgroup;
@@ -67,7 +68,7 @@ pub async fn run(config_path: PathBuf) -> i32 {
     let pid_file = snapshot.config.server.pid_file.clone();
     write_pid_file(&pid_file);
     let app = App::new(config_path, snapshot);
-    let managed = ManagedProcesses::new();
+    let managed = app.managed.clone();
 
     // A stop signal during startup (start hooks may take a while) ends it
     // at once; everything started so far is stopped.
@@ -236,6 +237,11 @@ impl Lifecycle {
     async fn reload(&mut self, mut request: ReloadRequest) {
         let reply = request.reply.take();
         let outcome = self.reload_config(&request).await;
+        match &outcome {
+            ReloadOutcome::Applied => self.app.count_reload(),
+            ReloadOutcome::Rejected(_) => metrics::RELOAD_FAILURES.inc(),
+            ReloadOutcome::Unchanged | ReloadOutcome::Unavailable => {}
+        }
         if let Some(reply) = reply {
             let _ = reply.send(outcome);
         }

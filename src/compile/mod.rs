@@ -146,6 +146,10 @@ impl Snapshot {
         }
         let static_files = StaticFiles::new(&root_path, &static_config);
 
+        if let Err(message) = crate::status::validate_path(&server.status.path) {
+            errors.push(loaded.error_at("server.status.path", message));
+        }
+
         let path_rules = PathRules::compile(&loaded, &mut errors);
         let replay = ReplayRules::compile(&loaded, &mut errors);
         let auth = AuthRules::compile(&loaded, &mut errors);

@@ -624,6 +624,7 @@ impl Supervisor {
                     "tenant ready"
                 );
                 instance.ready.store(true, Ordering::Release);
+                crate::metrics::TENANT_START_SECONDS.observe(started_at.elapsed());
                 // A failed start hook is logged in run_tenant_hooks. The
                 // tenant passed its probe, so it is served anyway.
                 let _ =
