@@ -28,3 +28,4 @@ pub mod server;
 pub mod static_files;
 pub mod status;
 pub mod supervisor;
+pub mod tls;

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
@@ -13,6 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::app::App;
 use crate::compile::{self, Snapshot};
+use crate::config::units::Listen;
 use crate::hooks::{self, ServerEvent};
 use crate::log_shipping;
 use crate::logging::{self, LogControl};
@@ -21,6 +24,7 @@ use crate::metrics;
 use crate::reload::{self, Condition, ReloadOutcome, ReloadQueue, ReloadRequest};
 use crate::server::{self, Connections};
 use crate::supervisor::cgroup;
+use crate::tls;
 
 /// Runs navigator with `config_path` until a stop signal. Returns the
 /// process exit code: 0 after a clean shutdown, 1 on a runtime failure, 2
@@ -55,6 +59,15 @@ pub async fn run(config_path: PathBuf) -> i32 {
         );
         return 2;
     }
+    let tls_config = match snapshot.config.server.tls.as_ref().map(tls::server_config) {
+        None => None,
+        Some(Ok(config)) => Some(config),
+        Some(Err(message)) => {
+            error!(error = %message, "cannot set up the TLS listener");
+            eprintln!("{}: {message}", config_path.display());
+            return 2;
+        }
+    };
     log.set_format(snapshot.config.logging.format);
     log.set_level(snapshot.config.logging.level);
     log_shipping::configure(&snapshot.config.logging);
@@ -73,14 +86,14 @@ pub async fn run(config_path: PathBuf) -> i32 {
     // A stop signal during startup (start hooks may take a while) ends it
     // at once; everything started so far is stopped.
     let started = tokio::select! {
-        started = start(&app, &managed) => started,
+        started = start(&app, &managed, tls_config) => started,
         _ = stop_requested(&mut signals.terminate, &mut signals.interrupt) => {
             info!("stop signal during startup");
             Err(0)
         }
     };
-    let listener = match started {
-        Ok(listener) => listener,
+    let listeners = match started {
+        Ok(listeners) => listeners,
         Err(code) => {
             managed.stop_all().await;
             remove_pid_file(&pid_file);
@@ -93,7 +106,15 @@ pub async fn run(config_path: PathBuf) -> i32 {
         return 1;
     };
     let connections = Connections::new();
-    let acceptor = Acceptor::start(&app, listener, &connections);
+    let acceptor = Acceptor::start(&app, listeners.plain, None, &connections);
+    let tls = listeners.tls.map(|(listen, config, listener)| {
+        let config: tls::SharedConfig = Arc::new(ArcSwap::new(config));
+        TlsListener {
+            listen,
+            acceptor: Acceptor::start(&app, listener, Some(config.clone()), &connections),
+            config,
+        }
+    });
     tokio::spawn(app.supervisor.clone().run_idle_reaper());
     let mut lifecycle = Lifecycle {
         app,
@@ -101,6 +122,7 @@ pub async fn run(config_path: PathBuf) -> i32 {
         managed,
         connections,
         acceptor,
+        tls,
         pid_file,
     };
     lifecycle.spawn_ready_hooks();
@@ -111,10 +133,21 @@ pub async fn run(config_path: PathBuf) -> i32 {
         .await
 }
 
+/// The bound listeners: plain HTTP, and HTTPS with its settings when
+/// `server.tls` is set.
+struct Listeners {
+    plain: TcpListener,
+    tls: Option<(Listen, Arc<ServerConfig>, TcpListener)>,
+}
+
 /// Starts the managed processes, runs the server start hooks and binds the
-/// listener, in this order. Returns the listener, or the exit code when a
-/// start hook fails or the address cannot be bound.
-async fn start(app: &App, managed: &ManagedProcesses) -> Result<TcpListener, i32> {
+/// listeners, in this order. Returns the listeners, or the exit code when
+/// a start hook fails or an address cannot be bound.
+async fn start(
+    app: &App,
+    managed: &ManagedProcesses,
+    tls_config: Option<Arc<ServerConfig>>,
+) -> Result<Listeners, i32> {
     let snapshot = app.snapshot();
     managed
         .apply(
@@ -132,10 +165,21 @@ async fn start(app: &App, managed: &ManagedProcesses) -> Result<TcpListener, i32
     }
 
     let listen = &snapshot.config.server.listen;
-    server::bind(listen).await.map_err(|error| {
+    let plain = server::bind(listen).await.map_err(|error| {
         error!(listen = %listen, error = %error, "cannot listen");
         1
-    })
+    })?;
+    let tls = match (&snapshot.config.server.tls, tls_config) {
+        (Some(settings), Some(config)) => {
+            let listener = server::bind(&settings.listen).await.map_err(|error| {
+                error!(listen = %settings.listen, error = %error, "cannot listen for TLS");
+                1
+            })?;
+            Some((settings.listen.clone(), config, listener))
+        }
+        _ => None,
+    };
+    Ok(Listeners { plain, tls })
 }
 
 /// The signal streams the lifecycle loop reacts to.
@@ -172,12 +216,17 @@ struct Acceptor {
 }
 
 impl Acceptor {
-    fn start(app: &Arc<App>, listener: TcpListener, connections: &Arc<Connections>) -> Acceptor {
+    fn start(
+        app: &Arc<App>,
+        listener: TcpListener,
+        tls: Option<tls::SharedConfig>,
+        connections: &Arc<Connections>,
+    ) -> Acceptor {
         let (stop, stop_receiver) = watch::channel(false);
         let task = tokio::spawn(server::serve(
             app.clone(),
             listener,
-            false,
+            tls,
             stop_receiver,
             connections.clone(),
         ));
@@ -194,6 +243,24 @@ impl Acceptor {
     }
 }
 
+/// The HTTPS listener: its address, the settings its next handshakes use
+/// (replaced on reload) and its accept loop.
+struct TlsListener {
+    listen: Listen,
+    config: tls::SharedConfig,
+    acceptor: Acceptor,
+}
+
+/// What a reload does to the HTTPS listener, decided before the swap.
+enum TlsChange {
+    /// No `server.tls` in the new config: stop the listener, if any.
+    Off,
+    /// Same address: the running listener takes the new settings.
+    Update(Arc<ServerConfig>),
+    /// A new address (or TLS newly enabled), already bound.
+    Rebind(Listen, Arc<ServerConfig>, TcpListener),
+}
+
 /// Everything a reload or the shutdown touches.
 struct Lifecycle {
     app: Arc<App>,
@@ -201,6 +268,7 @@ struct Lifecycle {
     managed: Arc<ManagedProcesses>,
     connections: Arc<Connections>,
     acceptor: Acceptor,
+    tls: Option<TlsListener>,
     pid_file: PathBuf,
 }
 
@@ -307,6 +375,15 @@ impl Lifecycle {
         } else {
             None
         };
+        // The certificate files are read again on every reload, so a
+        // renewed certificate needs no restart.
+        let tls_change = match self.prepare_tls(&snapshot).await {
+            Ok(change) => change,
+            Err(message) => {
+                error!(config = %path.display(), error = %message, "reload rejected; keeping the running config");
+                return ReloadOutcome::Rejected(message);
+            }
+        };
 
         self.managed
             .apply(
@@ -331,14 +408,63 @@ impl Lifecycle {
         if let Some(listener) = new_listener {
             let old_acceptor = std::mem::replace(
                 &mut self.acceptor,
-                Acceptor::start(&app, listener, &self.connections),
+                Acceptor::start(&app, listener, None, &self.connections),
             );
             old_acceptor.stop().await;
         }
+        self.apply_tls(tls_change).await;
         info!(config = %path.display(), cause = %request.cause, tenants, "reload applied");
 
         self.spawn_ready_hooks();
         ReloadOutcome::Applied
+    }
+
+    /// Reads the new config's certificate and key and, for a new address,
+    /// binds it. Nothing running changes here.
+    async fn prepare_tls(&self, snapshot: &Snapshot) -> Result<TlsChange, String> {
+        let Some(settings) = &snapshot.config.server.tls else {
+            return Ok(TlsChange::Off);
+        };
+        let config = tls::server_config(settings)?;
+        let same_address = self
+            .tls
+            .as_ref()
+            .is_some_and(|running| running.listen == settings.listen);
+        if same_address {
+            return Ok(TlsChange::Update(config));
+        }
+        let listener = server::bind(&settings.listen)
+            .await
+            .map_err(|error| format!("cannot listen for TLS on {}: {error}", settings.listen))?;
+        Ok(TlsChange::Rebind(settings.listen.clone(), config, listener))
+    }
+
+    /// Puts a prepared TLS change in place; a replaced listener stops
+    /// accepting, and the connections it accepted stay open.
+    async fn apply_tls(&mut self, change: TlsChange) {
+        let retired = match change {
+            TlsChange::Off => self.tls.take(),
+            TlsChange::Update(config) => {
+                if let Some(running) = &self.tls {
+                    running.config.store(config);
+                    info!(listen = %running.listen, "TLS certificate and key reloaded");
+                }
+                None
+            }
+            TlsChange::Rebind(listen, config, listener) => {
+                let config: tls::SharedConfig = Arc::new(ArcSwap::new(config));
+                let acceptor =
+                    Acceptor::start(&self.app, listener, Some(config.clone()), &self.connections);
+                self.tls.replace(TlsListener {
+                    listen,
+                    config,
+                    acceptor,
+                })
+            }
+        };
+        if let Some(retired) = retired {
+            retired.acceptor.stop().await;
+        }
     }
 
     /// Runs the current config's ready hooks in the background.
@@ -387,6 +513,9 @@ impl Lifecycle {
         let snapshot = self.app.snapshot();
 
         self.acceptor.stop().await;
+        if let Some(tls) = self.tls {
+            tls.acceptor.stop().await;
+        }
         self.connections
             .close_all(snapshot.config.server.limits.shutdown_timeout.get())
             .await;

@@ -1,7 +1,7 @@
-//! The listener: accepts connections, serves HTTP/1.1 and HTTP/2 (prior
-//! knowledge) on each, and shuts down gracefully. Connections outlive the
-//! listener that accepted them, so a reload can rebind without dropping
-//! any.
+//! The listeners: accept connections, serve HTTP/1.1 and HTTP/2 on each
+//! (by prior knowledge on the plain listener, by ALPN on the TLS one),
+//! and shut down gracefully. Connections outlive the listener that
+//! accepted them, so a reload can rebind without dropping any.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,14 +10,17 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::app::App;
 use crate::config::units::Listen;
 use crate::connection;
 use crate::pipeline::{self, Connection};
+use crate::tls;
 
 /// Binds `listen`. A port without a host binds every IPv6 and IPv4
 /// address; where IPv6 is unavailable, IPv4 alone.
@@ -96,11 +99,12 @@ impl Drop for ConnectionGuard {
 
 /// Accepts connections on `listener` until `stop_accepting` turns true,
 /// then closes the listener and returns. The connections it accepted go
-/// on under `connections`.
+/// on under `connections`. With `tls`, each connection starts with a TLS
+/// handshake under the settings current at that moment.
 pub async fn serve(
     app: Arc<App>,
     listener: TcpListener,
-    tls: bool,
+    tls: Option<tls::SharedConfig>,
     mut stop_accepting: watch::Receiver<bool>,
     connections: Arc<Connections>,
 ) {
@@ -132,7 +136,7 @@ pub async fn serve(
 
     let address = listener.local_addr().ok();
     if let Some(address) = address {
-        info!(%address, tls, "listening");
+        info!(%address, tls = tls.is_some(), "listening");
     }
 
     loop {
@@ -158,64 +162,116 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let connection = Connection {
             peer: normalize(peer),
-            tls,
+            tls: tls.is_some(),
         };
-        let app = app.clone();
-        let builder = builder.clone();
-        let guard = connections.track();
-        let mut closing = guard.0.closing.subscribe();
+        let accepted = Accepted {
+            app: app.clone(),
+            builder: builder.clone(),
+            connection,
+            permit,
+            guard: connections.track(),
+            idle_timeout,
+        };
+        let tls = tls
+            .as_ref()
+            .map(|config| TlsAcceptor::from(config.load_full()));
         tokio::spawn(async move {
             // A client that never sends a byte would otherwise hold its
             // connection slot: the protocol detection has no deadline.
             if !connection::first_byte(&stream, header_read_timeout).await {
                 debug!(peer = %connection.peer, "no request within the header read timeout; closing");
-                drop(permit);
-                drop(guard);
                 return;
             }
-            let activity = connection::Activity::new();
-            let service = {
-                let activity = activity.clone();
-                service_fn(move |request| {
-                    let app = app.clone();
-                    let in_flight = activity.request_started();
-                    async move {
-                        let response = pipeline::handle(app, connection, request).await;
-                        let (parts, body) = response.into_parts();
-                        let body = connection::hold_until_sent(body, in_flight);
-                        Ok::<_, std::convert::Infallible>(http::Response::from_parts(parts, body))
+            match tls {
+                None => accepted.serve(stream).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await;
+                    match handshake {
+                        Ok(Ok(stream)) => accepted.serve(stream).await,
+                        Ok(Err(error)) => {
+                            debug!(peer = %connection.peer, error = %error, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            debug!(peer = %connection.peer, "TLS handshake timed out");
+                        }
                     }
-                })
-            };
-            let io = TokioIo::new(connection::TrackedIo::new(stream, activity.clone()));
-            let conn = builder.serve_connection_with_upgrades(io, service);
-            tokio::pin!(conn);
-            let finished = tokio::select! {
-                result = conn.as_mut() => Some(result),
-                _ = stopped(&mut closing) => None,
-                _ = connection::watch_idle(activity, idle_timeout) => {
-                    debug!(peer = %connection.peer, idle_secs = idle_timeout.as_secs(), "closing an idle connection");
-                    None
                 }
-            };
-            let result = match finished {
-                Some(result) => result,
-                None => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(error) = result {
-                debug!(peer = %connection.peer, error = %error, "connection ended with an error");
             }
-            drop(permit);
-            drop(guard);
         });
     }
 
     drop(listener);
     if let Some(address) = address {
         info!(%address, "stopped accepting connections");
+    }
+}
+
+/// An accepted connection and what serving it needs. The permit and the
+/// guard are released when it is dropped, whichever way the connection
+/// ends.
+struct Accepted {
+    app: Arc<App>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    connection: Connection,
+    permit: OwnedSemaphorePermit,
+    guard: ConnectionGuard,
+    idle_timeout: Duration,
+}
+
+impl Accepted {
+    /// Serves HTTP on `stream` (plain TCP or TLS) until the client closes,
+    /// the connection idles out, or shutdown asks it to finish.
+    async fn serve<S>(self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Accepted {
+            app,
+            builder,
+            connection,
+            permit,
+            guard,
+            idle_timeout,
+        } = self;
+        let mut closing = guard.0.closing.subscribe();
+        let activity = connection::Activity::new();
+        let service = {
+            let activity = activity.clone();
+            service_fn(move |request| {
+                let app = app.clone();
+                let in_flight = activity.request_started();
+                async move {
+                    let response = pipeline::handle(app, connection, request).await;
+                    let (parts, body) = response.into_parts();
+                    let body = connection::hold_until_sent(body, in_flight);
+                    Ok::<_, std::convert::Infallible>(http::Response::from_parts(parts, body))
+                }
+            })
+        };
+        let io = TokioIo::new(connection::TrackedIo::new(stream, activity.clone()));
+        let conn = builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(conn);
+        let finished = tokio::select! {
+            result = conn.as_mut() => Some(result),
+            _ = stopped(&mut closing) => None,
+            _ = connection::watch_idle(activity, idle_timeout) => {
+                debug!(peer = %connection.peer, idle_secs = idle_timeout.as_secs(), "closing an idle connection");
+                None
+            }
+        };
+        let result = match finished {
+            Some(result) => result,
+            None => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(error) = result {
+            debug!(peer = %connection.peer, error = %error, "connection ended with an error");
+        }
+        drop(permit);
+        drop(guard);
     }
 }
 

@@ -71,10 +71,19 @@ impl LogBook {
 
     /// Waits until a line containing `needle` appears; returns it.
     pub fn wait_for(&self, needle: &str, timeout: Duration) -> Option<String> {
+        self.wait_for_line(|line| line.contains(needle), timeout)
+    }
+
+    /// Waits until a line for which `matches` holds appears; returns it.
+    pub fn wait_for_line(
+        &self,
+        matches: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Option<String> {
         let deadline = Instant::now() + timeout;
         let mut lines = self.lines.lock().unwrap();
         loop {
-            if let Some(line) = lines.iter().find(|l| l.contains(needle)) {
+            if let Some(line) = lines.iter().find(|l| matches(l)) {
                 return Some(line.clone());
             }
             let now = Instant::now();
@@ -155,7 +164,10 @@ impl Navigator {
                 }
             });
         }
-        let line = logs.wait_for("listening", Duration::from_secs(20));
+        let line = logs.wait_for_line(
+            |line| line.contains("listening") && !line.contains("tls=true"),
+            Duration::from_secs(20),
+        );
         let Some(line) = line else {
             let _ = child.kill();
             let _ = child.wait();
