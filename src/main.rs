@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use navigator::{cli, config, run};
+use navigator::{cli, config, explain, run};
 
 /// Front server and process supervisor for multi-tenant Rails deployments.
 #[derive(Parser)]
@@ -46,6 +46,38 @@ enum Command {
         pid_file: Option<PathBuf>,
         config: Option<PathBuf>,
     },
+    /// Explain how each path would be answered: the pipeline step, the
+    /// rule, tenant or file, and what a replay would send.
+    Routes {
+        config: PathBuf,
+        /// URL paths, each starting with `/`, optionally with a query.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<String>,
+        /// The request method.
+        #[arg(
+            short = 'X',
+            long = "request",
+            value_name = "METHOD",
+            default_value = "GET"
+        )]
+        method: String,
+        /// Treat the request as authenticated as this user (no password
+        /// needed).
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+        /// A request header, `"Name: value"`; may be repeated.
+        #[arg(short = 'H', long = "header", value_name = "HEADER")]
+        headers: Vec<String>,
+        /// The request body size in bytes, sent as Content-Length.
+        #[arg(long, value_name = "BYTES")]
+        content_length: Option<u64>,
+        /// Explain for a client on a loopback address.
+        #[arg(long)]
+        loopback: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the built-in demo tenant (a stand-in for a Rails app).
     #[command(hide = true)]
     DemoTenant {
@@ -62,6 +94,25 @@ fn main() -> ExitCode {
         Some(Command::Reload { pid_file, config }) => {
             cli::signal_reload(&pid_file_for(pid_file, config))
         }
+        Some(Command::Routes {
+            config,
+            paths,
+            method,
+            user,
+            headers,
+            content_length,
+            loopback,
+            json,
+        }) => explain::run(&explain::Options {
+            config,
+            paths,
+            method,
+            user,
+            headers,
+            content_length,
+            loopback,
+            json,
+        }),
         Some(Command::DemoTenant { .. }) => navigator::demo::run_blocking(),
         None => {
             let config = args.config.or(args.config_option);

@@ -270,16 +270,25 @@ fn client_address(
     connection.peer.ip()
 }
 
+/// Returns the synthetic health check response configured for exactly
+/// `path`. A health path without one is routed like any other path.
+pub(crate) fn health_response<'a>(
+    snapshot: &'a Snapshot,
+    path: &str,
+) -> Option<&'a crate::compile::HealthResponse> {
+    let health = snapshot.health.as_ref()?;
+    if health.path != path {
+        return None;
+    }
+    health.response.as_ref()
+}
+
 fn health_check(
     snapshot: &Snapshot,
     context: &mut RequestContext,
     path: &str,
 ) -> Option<Response<Body>> {
-    let health = snapshot.health.as_ref()?;
-    if health.path != path {
-        return None;
-    }
-    let synthetic = health.response.as_ref()?;
+    let synthetic = health_response(snapshot, path)?;
     context.record.answer = Answer::Health;
     let mut response = Response::new(body::full(synthetic.body.clone()));
     *response.status_mut() = synthetic.status;
@@ -354,18 +363,24 @@ fn trailing_slash_redirect(
     if !snapshot.needs_trailing_slash(path) {
         return None;
     }
-    let status = if matches!(request.method, Method::GET | Method::HEAD) {
-        StatusCode::MOVED_PERMANENTLY
-    } else {
-        StatusCode::PERMANENT_REDIRECT
-    };
+    let status = trailing_slash_status(&request.method);
     context.record.answer = Answer::Redirect;
     let location = with_query(format!("{}/", encode_path(path)), request.uri.query());
     context.record.target = Some(location.clone());
     Some(responses::redirect(status, &location))
 }
 
-fn with_query(location: String, query: Option<&str>) -> String {
+/// Returns the status of a trailing-slash redirect: 301 for GET and HEAD,
+/// 308 otherwise so the method and body stay.
+pub(crate) fn trailing_slash_status(method: &Method) -> StatusCode {
+    if matches!(*method, Method::GET | Method::HEAD) {
+        StatusCode::MOVED_PERMANENTLY
+    } else {
+        StatusCode::PERMANENT_REDIRECT
+    }
+}
+
+pub(crate) fn with_query(location: String, query: Option<&str>) -> String {
     match query {
         Some(query) if !location.contains('?') => format!("{location}?{query}"),
         _ => location,
@@ -407,12 +422,12 @@ const PATH_ESCAPES: &AsciiSet = &CONTROLS
     .add(b'}')
     .add(b'%');
 
-fn encode_path(path: &str) -> String {
+pub(crate) fn encode_path(path: &str) -> String {
     utf8_percent_encode(path, PATH_ESCAPES).to_string()
 }
 
 /// Whether a rewritten path is absolute with no empty, `.` or `..` segment.
-fn is_clean_path(path: &str) -> bool {
+pub(crate) fn is_clean_path(path: &str) -> bool {
     path.starts_with('/')
         && !path.contains("//")
         && !path.contains('\\')
@@ -424,7 +439,10 @@ fn is_clean_path(path: &str) -> bool {
 
 /// The path and query sent upstream: the original ones unchanged, or the
 /// rewritten path with the original query.
-fn upstream_path_and_query(request: &http::request::Parts, rewritten: Option<&str>) -> String {
+pub(crate) fn upstream_path_and_query(
+    request: &http::request::Parts,
+    rewritten: Option<&str>,
+) -> String {
     match rewritten {
         Some(path) => with_query(encode_path(path), request.uri.query()),
         None => request

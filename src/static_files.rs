@@ -166,6 +166,30 @@ impl StaticFiles {
         }
     }
 
+    /// Returns the file that `serve` answers a GET for `path` with, or the
+    /// directory it redirects to add a trailing slash. Runs the same
+    /// lookup as `serve`, on the calling thread; `navigator routes` uses
+    /// it to name the file.
+    pub fn locate(&self, path: &str) -> Option<PathBuf> {
+        let relative = self.settings.relative_path(path);
+        let file_path = relative.strip_prefix('/')?;
+        if has_hidden_segment(file_path) {
+            return None;
+        }
+        let request = http::Request::get("/").body(()).ok()?.into_parts().0;
+        let lookup = Lookup {
+            settings: Arc::clone(&self.settings),
+            candidate: self.settings.public_dir.join(file_path),
+            directory_request: relative.ends_with('/'),
+            conditions: Conditions::from_request(&request, false),
+            cache_control: None,
+        };
+        match lookup.locate()? {
+            Located::File(_, path) => Some(path),
+            Located::Directory => Some(lookup.candidate),
+        }
+    }
+
     /// Reads a whole file under `public_dir`, such as the maintenance page
     /// `/503.html`.
     ///

@@ -2,6 +2,7 @@
 //! built once per load so that nothing is parsed or compiled per request.
 //! A reload builds a new snapshot and swaps it in whole.
 
+pub mod replay_body;
 pub mod rules;
 pub mod tenants;
 
