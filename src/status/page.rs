@@ -71,7 +71,7 @@ pub fn render(report: &Report) -> String {
 
     html.push_str(
         "<h2>Tenants</h2>\n<table id=\"tenants\">\n<tr><th>name</th><th>state</th><th>port</th>\
-         <th>pid</th><th>uptime</th><th>requests</th><th>in flight</th><th>idle</th>\
+         <th>pid</th><th>uptime</th><th>requests</th><th>in flight</th><th>last activity</th>\
          <th>memory</th></tr>\n",
     );
     for tenant in &report.tenants {
@@ -88,7 +88,9 @@ pub fn render(report: &Report) -> String {
             uptime = tenant.uptime_seconds.map_or("-".into(), format_duration),
             requests = tenant.requests,
             in_flight = tenant.in_flight,
-            idle = tenant.idle_seconds.map_or("-".into(), format_duration),
+            idle = tenant
+                .idle_seconds
+                .map_or("-".into(), |idle| format!("{} ago", format_duration(idle))),
             memory = tenant.memory_rss_bytes.map_or("-".into(), format_bytes),
         );
     }
