@@ -46,7 +46,7 @@ pub struct Simulated {
     pub loopback: bool,
 }
 
-/// How one path would be answered.
+/// The outcome of one path.
 #[derive(Debug, Clone, Serialize)]
 pub struct Explanation {
     pub method: String,
@@ -55,7 +55,7 @@ pub struct Explanation {
     /// The pipeline step that answers (0 to 13).
     pub step: u8,
     pub step_name: &'static str,
-    /// How the access log would name the answer.
+    /// The access log's name for the answer.
     pub answer: &'static str,
     /// The status navigator answers with itself; `None` when an upstream
     /// (tenant, reverse proxy, CGI script, private network) decides.
@@ -68,8 +68,8 @@ pub struct Explanation {
     pub target: Option<String>,
     /// The `Fly-Replay` body, for a replay.
     pub replay: Option<Value>,
-    /// What earlier steps did to the request (canonical path, rewrites,
-    /// authentication).
+    /// Changes that earlier steps made to the request (canonical path,
+    /// rewrites, authentication).
     pub details: Vec<String>,
 }
 

@@ -36,7 +36,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// What a managed process is doing, as the status page shows it.
+/// The activity of a managed process, as the status page shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ManagedState {
@@ -109,8 +109,8 @@ pub struct ManagedProcesses {
     next_start_order: Arc<AtomicU64>,
     /// Time between SIGTERM and SIGKILL when a process is stopped.
     grace: Mutex<Duration>,
-    /// The states of the configured processes, in config order; kept
-    /// apart from `entries` so that reading them never waits for a
+    /// The states of the configured processes, in config order. They are
+    /// kept apart from `entries`, so reading them never waits for a
     /// reload that is stopping processes.
     observed: Mutex<Vec<Arc<Observed>>>,
 }

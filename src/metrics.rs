@@ -88,8 +88,8 @@ pub const START_BUCKETS: [f64; 11] = [0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 
 #[derive(Debug)]
 pub struct Histogram<const N: usize> {
     bounds: [f64; N],
-    /// Observations per bucket, not cumulative: `counts[i]` holds values
-    /// in `(bounds[i-1], bounds[i]]`, and `counts[N]` values above every
+    /// Observations per bucket, not cumulative: `counts[i]` counts values
+    /// in `(bounds[i-1], bounds[i]]`, and `overflow` values above every
     /// bound.
     counts: [AtomicU64; N],
     overflow: AtomicU64,

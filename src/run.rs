@@ -251,7 +251,8 @@ struct TlsListener {
     acceptor: Acceptor,
 }
 
-/// What a reload does to the HTTPS listener, decided before the swap.
+/// The change a reload makes to the HTTPS listener, decided before the
+/// swap.
 enum TlsChange {
     /// No `server.tls` in the new config: stop the listener, if any.
     Off,

@@ -221,7 +221,7 @@ struct Accepted {
 
 impl Accepted {
     /// Serves HTTP on `stream` (plain TCP or TLS) until the client closes,
-    /// the connection idles out, or shutdown asks it to finish.
+    /// the connection idles out, or shutdown requests that it finish.
     async fn serve<S>(self, stream: S)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,

@@ -166,10 +166,10 @@ impl StaticFiles {
         }
     }
 
-    /// Returns the file that `serve` answers a GET for `path` with, or the
-    /// directory it redirects to add a trailing slash. Runs the same
-    /// lookup as `serve`, on the calling thread; `navigator routes` uses
-    /// it to name the file.
+    /// Returns the file that `serve` sends for a GET of `path`, or the
+    /// directory it redirects to add a trailing slash. It runs the same
+    /// lookup as `serve`, on the calling thread, so that `navigator
+    /// routes` can name the file.
     pub fn locate(&self, path: &str) -> Option<PathBuf> {
         let relative = self.settings.relative_path(path);
         let file_path = relative.strip_prefix('/')?;

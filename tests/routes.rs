@@ -1,8 +1,8 @@
 //! `navigator routes`: explanations for a generated region config shaped
-//! like a Showcase Fly region (root path `/showcase`, about 30 tenants,
-//! replay rules whose regexes are alternations of studio names, auth
-//! patterns and public paths, rewrites, redirects, reverse proxies and a
-//! CGI script). Where the running server implements the step, the same
+//! like a Showcase Fly region. It has the root path `/showcase`, about 30
+//! tenants, replay rules whose regexes are alternations of studio names,
+//! auth patterns and public paths, rewrites, redirects, reverse proxies
+//! and a CGI script. Where the running server implements the step, the same
 //! request is also sent to a real navigator on that config, and its status
 //! and access-log answer must match the explanation.
 
@@ -53,7 +53,7 @@ const REMOTE: [(&str, &[&str]); 3] = [
 
 const REGIONS: [&str; 8] = ["ams", "dfw", "ewr", "iad", "nrt", "ord", "sjc", "syd"];
 
-/// The region config as TOML, with `@DIR@` for the temp dir.
+/// Returns the region config as TOML, with `@DIR@` for the temp dir.
 fn region_config(maintenance: bool) -> String {
     let all_studios: Vec<&str> = LOCAL
         .iter()

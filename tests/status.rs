@@ -87,7 +87,8 @@ fn parse_labels(inner: &str, context: &str) -> BTreeMap<String, String> {
     let mut rest = inner;
     while !rest.is_empty() {
         let (name, after) = rest.split_once("=\"").expect(context);
-        assert!(valid_name(name) && !name.contains(':'), "{context}");
+        assert!(valid_name(name), "{context}");
+        assert!(!name.contains(':'), "{context}: colon in a label name");
         let mut value = String::new();
         let mut chars = after.char_indices();
         let end = loop {

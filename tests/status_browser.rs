@@ -50,7 +50,7 @@ impl Driver {
         driver
     }
 
-    /// Sends one WebDriver command and returns its JSON answer. The body
+    /// Sends one WebDriver command and returns its JSON response. The body
     /// is read by its `Content-Length`, because chromedriver may keep the
     /// connection open.
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
@@ -227,7 +227,8 @@ fn status_page_in_chromium() {
     let path = navigator.path("status-page.png");
     std::fs::write(&path, &png).unwrap();
     let (width, height) = png_size(&std::fs::read(&path).unwrap());
-    assert!(width > 0 && height > 0, "{width}x{height}");
+    assert!(width > 0, "{width}x{height}");
+    assert!(height > 0, "{width}x{height}");
     assert!(std::fs::metadata(&path).unwrap().len() > 1000);
 }
 

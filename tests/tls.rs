@@ -150,7 +150,7 @@ async fn http11_and_h2_over_tls() {
     assert_eq!(h2.served, issued.der);
 
     // The tenant learns that the client used HTTPS; the plain listener
-    // still says http.
+    // still sends http.
     let json = [("accept", "application/json")];
     let tenant = get(
         address,

@@ -1,5 +1,5 @@
-//! What a request that matches a Fly-Replay rule gets: the JSON body of
-//! the `Fly-Replay` answer, or, for requests Fly cannot replay, the
+//! The outcome of a request that matches a Fly-Replay rule: the JSON body
+//! of the `Fly-Replay` response, or, for requests Fly cannot replay, the
 //! private-network address to proxy to instead. Pure functions, shared by
 //! the pipeline and `navigator routes`.
 
@@ -24,10 +24,10 @@ pub const RETRY_HEADER: &str = "x-navigator-retry";
 /// request back.
 pub const REPLAY_FAILED_HEADER: &str = "fly-replay-failed";
 
-/// What to do with a request that matched a replay rule.
+/// The outcome for a request that matched a replay rule.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReplayPlan {
-    /// Answer with the rule's status, `Content-Type:
+    /// Respond with the rule's status, `Content-Type:
     /// application/vnd.fly.replay+json` and this body.
     Replay { status: StatusCode, body: Value },
     /// Fly cannot replay this request; proxy it over the private network
@@ -38,7 +38,7 @@ pub enum ReplayPlan {
     Maintenance,
 }
 
-/// Returns the JSON body of the `Fly-Replay` answer for `rule`. A region
+/// Returns the JSON body of the `Fly-Replay` response for `rule`. A region
 /// or a machine of this app gets a timeout, `force_self` as fallback and
 /// headers that mark the replayed request (plus the client's
 /// `Authorization`, which the target needs again). Another app gets only
@@ -195,7 +195,7 @@ mod tests {
     }
 
     #[test]
-    fn large_or_unsized_bodies_go_over_the_private_network() {
+    fn large_bodies_use_private_network() {
         let region = rule(ReplayTarget::Region("syd".into()));
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_LENGTH, HeaderValue::from(MAX_REPLAY_BODY_BYTES));

@@ -8,9 +8,9 @@
 //! - any other client only with valid credentials: right after
 //!   authentication, [`Stage::AfterAuthentication`].
 //!
-//! For every other client the prefix is an ordinary path: with auth on and
-//! the prefix not public they get the same 401 as any protected path, and
-//! otherwise the request goes on down the pipeline as if the endpoint did
+//! For every other client the prefix is an ordinary path. With auth on and
+//! the prefix not public, they get the same 401 as any protected path.
+//! Otherwise the request goes on down the pipeline as if the endpoint did
 //! not exist. Paths under the prefix other than these three are left to
 //! the later steps as well (`serve` returns `None`), so another module
 //! may answer them.
@@ -34,7 +34,7 @@ use crate::managed::ManagedState;
 use crate::metrics;
 use crate::pipeline::RequestContext;
 
-/// Where in the pipeline `serve` is called.
+/// The pipeline position of a `serve` call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     /// Before step 4: serves loopback peers only.
@@ -77,7 +77,7 @@ fn resource(prefix: &str, path: &str) -> Option<Resource> {
     }
 }
 
-/// Returns whether the status pages answer `path` for this client at
+/// Returns whether the status pages serve `path` to this client at
 /// `stage`. `user` is the authenticated user, if any.
 pub fn answers(
     snapshot: &Snapshot,

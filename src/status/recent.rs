@@ -16,7 +16,8 @@ use tracing_subscriber::layer::Context;
 /// Records kept; older ones are dropped first.
 pub const CAPACITY: usize = 50;
 
-/// Longest message kept, in bytes; the rest is cut at a character boundary.
+/// Maximum length of a kept message, in bytes. A longer one is cut at a
+/// character boundary.
 const MAX_MESSAGE_BYTES: usize = 2048;
 
 /// One warn or error record.
@@ -49,8 +50,8 @@ pub fn seen() -> u64 {
     SEEN.load(Ordering::Relaxed)
 }
 
-/// Returns the layer that fills the ring. It sees only events that pass
-/// the level filter in front of it, so with `LOG_LEVEL=error` warnings are
+/// Returns the layer that fills the ring. It receives only events that
+/// pass the level filter in front of it, so with `LOG_LEVEL=error` warnings are
 /// not kept.
 pub fn layer() -> RecentLayer {
     RecentLayer
