@@ -212,6 +212,8 @@ pub async fn explain(
     }
 
     // 3. Broadcast endpoint.
+    // NOTE: steps 3 and 5 test `cable.enabled` and the exact path, as the
+    // built-in cable's pipeline steps are to do; they are not wired yet.
     let cable = &snapshot.config.cable;
     if cable.enabled && path == cable.broadcast_path {
         let (status, outcome) = if !request.loopback {

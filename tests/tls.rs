@@ -202,6 +202,39 @@ async fn replaced_certificate_served_after_reload() {
     assert_eq!(after.status, 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_tls_address_bound_on_reload() {
+    let issued = issue(7);
+    let (navigator, old_address) = start_with_tls(&issued);
+    let free_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(&navigator.config).unwrap().replace(
+        "[server.tls]\nlisten = \"127.0.0.1:0\"",
+        &format!("[server.tls]\nlisten = \"127.0.0.1:{free_port}\""),
+    );
+    std::fs::write(&navigator.config, text).unwrap();
+    navigator.signal(nix::sys::signal::Signal::SIGHUP);
+    let needle = format!("address=127.0.0.1:{free_port}");
+    assert!(
+        navigator
+            .logs
+            .wait_for(&needle, Duration::from_secs(20))
+            .is_some(),
+        "{}",
+        navigator.logs.text()
+    );
+    let new_address: SocketAddr = format!("127.0.0.1:{free_port}").parse().unwrap();
+    let moved = get(new_address, b"h2", &[&issued], "/showcase/studios/", &[]).await;
+    assert_eq!(moved.status, 200);
+    let closed = support::eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(old_address).is_err()
+    });
+    assert!(closed, "the old TLS address still accepts connections");
+}
+
 #[test]
 fn missing_certificate_stops_startup() {
     let dir = tempfile::tempdir().unwrap();

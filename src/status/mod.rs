@@ -135,8 +135,10 @@ pub fn serve(
             page::render(&report(app, &snapshot)),
         ),
         Resource::Json => {
-            let text = serde_json::to_string_pretty(&report(app, &snapshot))
-                .unwrap_or_else(|error| format!("{{\"error\":\"{error}\"}}"));
+            let text =
+                serde_json::to_string_pretty(&report(app, &snapshot)).unwrap_or_else(|error| {
+                    serde_json::json!({ "error": error.to_string() }).to_string()
+                });
             plain(StatusCode::OK, "application/json", text)
         }
         Resource::Metrics => plain(
@@ -375,8 +377,8 @@ pub fn format_time(time: SystemTime) -> String {
     )
 }
 
-/// Converts days since 1970-01-01 to a proleptic Gregorian date (Howard
-/// Hinnant's `civil_from_days`).
+/// Converts days since 1970-01-01 to a proleptic Gregorian date, counting
+/// in 400-year eras of 146097 days that start on March 1.
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -460,6 +462,45 @@ mod tests {
         assert_eq!(resource("/_navigator/", "/_navigator/tenants.json"), None);
         assert_eq!(resource("/_navigator/", "/_navigator"), None);
         assert_eq!(resource("/_navigator/", "/showcase/"), None);
+    }
+
+    fn compiled(text: &str) -> Snapshot {
+        let loaded = crate::config::load_str(
+            text,
+            crate::config::source::Format::Toml,
+            std::path::Path::new("t.toml"),
+            &|_| None,
+        )
+        .unwrap();
+        Snapshot::compile(loaded, &|_| None).unwrap()
+    }
+
+    #[test]
+    fn loopback_or_authenticated_clients_only() {
+        let snapshot = compiled("[server]\nlisten = 3000\n");
+        let page = "/_navigator/";
+        use Stage::{AfterAuthentication as After, BeforeAuthentication as Before};
+        let cases = [
+            (page, true, None, Before, true),
+            (page, true, Some("judge"), After, false),
+            (page, false, None, Before, false),
+            (page, false, None, After, false),
+            (page, false, Some("judge"), Before, false),
+            (page, false, Some("judge"), After, true),
+            ("/_navigator/metrics", false, Some("judge"), After, true),
+            ("/_navigator/tenants.json", true, None, Before, false),
+            ("/showcase/", true, None, Before, false),
+        ];
+        for (path, loopback, user, stage, expected) in cases {
+            assert_eq!(
+                answers(&snapshot, path, loopback, user, stage),
+                expected,
+                "{path} loopback={loopback} user={user:?} {stage:?}"
+            );
+        }
+
+        let disabled = compiled("[server.status]\nenabled = false\n");
+        assert!(!answers(&disabled, page, true, None, Before));
     }
 
     #[test]
