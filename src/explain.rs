@@ -24,7 +24,7 @@ use crate::bots;
 use crate::canonical;
 use crate::cgi;
 use crate::compile::replay_body::{self, ReplayPlan};
-use crate::compile::rules::{ProxyMatch, ProxyRoute};
+use crate::compile::rules::{ProxyMatch, ProxyRoute, expand_captures};
 use crate::compile::{self, Snapshot};
 use crate::limits;
 use crate::pipeline::{
@@ -375,15 +375,19 @@ pub async fn explain(
 
     // 8. Reverse proxy routes.
     if let Some(route) = find_reverse_proxy(&snapshot.reverse_proxies, &path) {
+        let target = match &route.matcher {
+            ProxyMatch::Regex(regex) => expand_captures(regex, &path, &route.target),
+            ProxyMatch::Prefix(_) => route.target.clone(),
+        };
         let outcome = if route.strip_path {
-            format!("proxied to {} without the matched prefix", route.target)
+            format!("proxied to {target} without the matched prefix")
         } else {
-            format!("proxied to {}", route.target)
+            format!("proxied to {target}")
         };
         return out
             .answered(8, "reverse proxy", Answer::ReverseProxy, None, outcome)
-            .rule(route.name.clone())
-            .target(route.target.clone());
+            .rule(format!("{} ({})", route.name, route.target))
+            .target(target);
     }
 
     // 9. Static files.

@@ -49,6 +49,7 @@ enum Command {
     /// Explain how each path would be answered: the pipeline step, the
     /// rule, tenant or file, and what a replay would send.
     Routes {
+        /// Config file (TOML or Navigator YAML).
         config: PathBuf,
         /// URL paths, each starting with `/`, optionally with a query.
         #[arg(required = true, value_name = "PATH")]

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use support::{NAVIGATOR, Navigator, write_public_tree};
 
 /// Studios served by this region, with their events.
-const LOCAL: [(&str, &[&str]); 6] = [
+const LOCAL: [(&str, &[&str]); 9] = [
     ("raleigh", &["disney", "team-match", "shimmer-shine"]),
     ("boston", &["april", "mini-comp", "october"]),
     (
@@ -29,6 +29,9 @@ const LOCAL: [(&str, &[&str]); 6] = [
         "westchester",
         &["cinderella-medal-ball", "spring", "fall", "winter"],
     ),
+    ("salem", &["spring", "fall"]),
+    ("wildwood", &["jubilee-2025", "summer"]),
+    ("nashville", &["fall-ball", "spring-ball", "winter-ball"]),
 ];
 
 /// Studios served by other regions: (region, studios).
@@ -431,7 +434,7 @@ fn table() -> Vec<Row> {
             .target("update_config.sh"),
         row("GET", "/showcase/password/reset")
             .expect(8, "reverse-proxy", None)
-            .target("http://127.0.0.1:9/showcase/password$1")
+            .target("http://127.0.0.1:9/showcase/password/reset")
             .not_served(),
         row("GET", "/showcase/studios/%2e%2e/2025/raleigh/disney/").expect(0, "error", Some(400)),
         row("POST", "/showcase/2025/raleigh/disney/entries")
