@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::cable;
 use crate::compile::Snapshot;
 use crate::proxy;
 use crate::supervisor::tenants::Supervisor;
@@ -16,6 +17,9 @@ pub struct App {
     snapshot: ArcSwap<Snapshot>,
     pub supervisor: Arc<Supervisor>,
     pub client: proxy::Client,
+    /// The built-in WebSocket pub/sub; it outlives reloads, so open
+    /// connections survive them.
+    pub cable: Arc<cable::Hub>,
 }
 
 impl App {
@@ -26,6 +30,7 @@ impl App {
             snapshot: ArcSwap::new(snapshot),
             supervisor,
             client: proxy::new_client(),
+            cable: cable::Hub::new(cable::Settings::from_env()),
         })
     }
 

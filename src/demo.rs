@@ -10,6 +10,9 @@
 //! - `.../status/NNN`: the page with status NNN;
 //! - `.../crash`: the page, then the process exits with code 3 and leaves its
 //!   pid file behind, as a crashed server would;
+//! - `.../broadcast?stream=S`: publishes the request body (as a JSON string)
+//!   to stream S with a POST to `TURBO_CABLE_BROADCAST_URL`, as TurboCable
+//!   does from Rails, and answers with the broadcast's status and body;
 //! - a request with an `Upgrade` header: 101, then every byte received is
 //!   echoed back until end of file (no WebSocket framing);
 //! - anything else: an HTML page with the path and a visit counter, or JSON
@@ -67,6 +70,8 @@ pub struct Settings {
     pub database_url: Option<String>,
     pub owner: Option<String>,
     pub scope: Option<String>,
+    /// Where `.../broadcast` publishes (`TURBO_CABLE_BROADCAST_URL`).
+    pub broadcast_url: Option<String>,
 }
 
 impl Settings {
@@ -106,6 +111,7 @@ impl Settings {
             database_url: non_empty("DATABASE_URL"),
             owner: non_empty("RAILS_APP_OWNER"),
             scope: non_empty("RAILS_APP_SCOPE"),
+            broadcast_url: non_empty("TURBO_CABLE_BROADCAST_URL"),
         })
     }
 }
@@ -359,6 +365,8 @@ async fn handle(
             .body(Full::default())
     } else if path == demo.settings.health_path {
         plain(StatusCode::OK, "OK")
+    } else if path.ends_with("/broadcast") {
+        broadcast(request, &demo).await
     } else {
         page(request, &demo, &crash_requested).await
     };
@@ -475,6 +483,95 @@ async fn page(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     Ok(response)
+}
+
+/// Publishes the request body to the stream named by `stream=` with a POST
+/// to `TURBO_CABLE_BROADCAST_URL`, and relays the answer.
+async fn broadcast(request: Request<Incoming>, demo: &Demo) -> http::Result<Response<Full<Bytes>>> {
+    let Some(url) = demo.settings.broadcast_url.as_deref() else {
+        return plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "TURBO_CABLE_BROADCAST_URL is not set\n",
+        );
+    };
+    let stream = query_value(request.uri().query(), "stream").map(|raw| {
+        percent_encoding::percent_decode_str(raw)
+            .decode_utf8_lossy()
+            .into_owned()
+    });
+    let Some(stream) = stream.filter(|stream| !stream.is_empty()) else {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "missing stream=NAME in the query\n",
+        );
+    };
+    let data = match request.into_body().collect().await {
+        Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
+        Err(error) => {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                &format!("failed to read the request body: {error}\n"),
+            );
+        }
+    };
+    let payload = serde_json::json!({ "stream": stream, "data": data }).to_string();
+    match post_json(url, payload).await {
+        Ok((status, body)) => Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body)),
+        Err(error) => {
+            eprintln!("demo-tenant: broadcast to {url} failed: {error}");
+            plain(
+                StatusCode::BAD_GATEWAY,
+                &format!("broadcast to {url} failed: {error}\n"),
+            )
+        }
+    }
+}
+
+/// Sends one HTTP/1.1 POST with a JSON body to an `http://` URL and returns
+/// the status and body of the answer.
+async fn post_json(url: &str, payload: String) -> Result<(StatusCode, Bytes), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|error| format!("invalid URL: {error}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err("only http:// broadcast URLs are supported".to_string());
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| "the URL has no host".to_string())?
+        .clone();
+    let address = match authority.port_u16() {
+        Some(_) => authority.to_string(),
+        None => format!("{}:80", authority.host()),
+    };
+    let stream = TcpStream::connect(&address)
+        .await
+        .map_err(|error| format!("connect to {address}: {error}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|error| error.to_string())?;
+    tokio::spawn(connection);
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let request = Request::post(path)
+        .header(header::HOST, authority.as_str())
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(payload)))
+        .map_err(|error| error.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|error| error.to_string())?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|error| error.to_string())?
+        .to_bytes();
+    Ok((status, body))
 }
 
 async fn body_length(mut body: Incoming) -> Result<u64, hyper::Error> {

@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod app;
 pub mod body;
+pub mod cable;
 pub mod canonical;
 pub mod cli;
 pub mod compile;

@@ -110,13 +110,25 @@ async fn route(
     }
 
     // 3. Broadcast endpoint (loopback peers only).
-    // TODO: the built-in cable's broadcast endpoint answers here.
+    let cable = &snapshot.config.cable;
+    if cable.enabled && path == cable.broadcast_path {
+        context.record.answer = Answer::Broadcast;
+        return app
+            .cable
+            .broadcast_endpoint(&head.method, body, context.connection.peer)
+            .await;
+    }
 
     // 4. Authentication.
     // TODO: htpasswd authentication answers 401 here, before any routing.
 
     // 5. Cable endpoint.
-    // TODO: the built-in cable's WebSocket endpoint answers here.
+    if cable.enabled && path == cable.path {
+        context.record.answer = Answer::WebSocket;
+        context.record.target = Some("cable".to_string());
+        let mut head = head;
+        return app.cable.accept(&mut head, context.connection.peer);
+    }
 
     // 6. Redirects, rewrites, Fly-Replay, trailing-slash redirects.
     if let Some(response) = redirect(&snapshot, context, &path, &head) {

@@ -13,6 +13,10 @@ use crate::compile::{self, Snapshot};
 use crate::logging::{self, LogControl};
 use crate::server;
 
+/// How long shutdown waits for WebSocket clients to take their close
+/// frame (1001) before their connections are dropped.
+const CABLE_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs navigator with `config_path` until it is told to stop. Returns the
 /// process exit code: 0 after a clean shutdown, 1 on a runtime failure, 2
 /// when the config is invalid.
@@ -73,6 +77,7 @@ pub async fn run(config_path: PathBuf) -> i32 {
     tokio::select! {
         _ = async {
             let _ = server_task.await;
+            app.cable.close_all(CABLE_CLOSE_GRACE).await;
             app.supervisor.shutdown().await;
         } => {}
         _ = second_signal => {
