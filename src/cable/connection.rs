@@ -112,8 +112,10 @@ where
     for stream_name in &subscriptions {
         hub.unsubscribe(stream_name, id);
     }
-    drop(subscriber);
     debug!(connection = id, %peer, ending = ?ending, "cable connection closing");
+
+    // The close instruction goes out before the last queue sender is
+    // dropped: a closed queue alone ends the writer without a close frame.
 
     let sink = match ending {
         Ending::WriterGone => None,
@@ -130,6 +132,7 @@ where
             finish_writer(writer, id).await
         }
     };
+    drop(subscriber);
     if let Some(sink) = sink {
         if let Ok(socket) = sink.reunite(stream) {
             linger(socket).await;
