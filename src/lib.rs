@@ -14,6 +14,7 @@ pub mod logging;
 pub mod pipeline;
 pub mod proxy;
 pub mod responses;
+pub mod reverse_proxy;
 pub mod run;
 pub mod server;
 pub mod static_files;

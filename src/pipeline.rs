@@ -22,6 +22,7 @@ use crate::canonical;
 use crate::compile::{Snapshot, TenantSpec};
 use crate::proxy::{self, Forward, Forwarding, ProxyError, headers::X_REQUEST_ID};
 use crate::responses;
+use crate::reverse_proxy;
 use crate::supervisor::tenants::AcquireError;
 
 /// Facts about the connection a request arrived on.
@@ -151,7 +152,12 @@ async fn route(
     // TODO: CGI scripts configured for this exact path answer here.
 
     // 8. Reverse proxy routes.
-    // TODO: reverse proxy routes answer here (first match).
+    if let Some(matched) = reverse_proxy::find(&snapshot.reverse_proxies, &path) {
+        let original = upstream_path_and_query(&head, rewritten.as_deref());
+        let request = Request::from_parts(head, body);
+        let client = &snapshot.reverse_proxy_client;
+        return reverse_proxy::serve(client, matched, context, request, &original).await;
+    }
 
     // 9. Static files, also during maintenance.
     if let Some(response) = static_file(&snapshot, context, &path, &head).await {
@@ -307,7 +313,7 @@ const PATH_ESCAPES: &AsciiSet = &CONTROLS
     .add(b'}')
     .add(b'%');
 
-fn encode_path(path: &str) -> String {
+pub(crate) fn encode_path(path: &str) -> String {
     utf8_percent_encode(path, PATH_ESCAPES).to_string()
 }
 

@@ -60,6 +60,9 @@ pub struct Snapshot {
     pub replay: ReplayRules,
     pub auth: AuthRules,
     pub reverse_proxies: Vec<ProxyRoute>,
+    /// The pooled client for reverse proxy targets; trusts the public web
+    /// roots plus `routes.tls_ca_file`.
+    pub reverse_proxy_client: crate::reverse_proxy::Client,
     pub cgi: HashMap<String, CgiScript>,
     pub bot_detection: BotDetection,
     pub tenants: TenantIndex,
@@ -147,6 +150,14 @@ impl Snapshot {
         let replay = ReplayRules::compile(&loaded, &mut errors);
         let auth = AuthRules::compile(&loaded, &mut errors);
         let reverse_proxies = rules::compile_reverse_proxies(&loaded, &mut errors);
+        let ca_file = config.routes.tls_ca_file.as_deref();
+        let reverse_proxy_client = match crate::reverse_proxy::new_client(ca_file) {
+            Ok(client) => Some(client),
+            Err(message) => {
+                errors.push(loaded.error_at("routes.tls_ca_file", message));
+                None
+            }
+        };
 
         let mut cgi = HashMap::new();
         for (i, script) in server.cgi_scripts.iter().enumerate() {
@@ -188,9 +199,9 @@ impl Snapshot {
             }
         }
 
-        if !errors.is_empty() {
+        let Some(reverse_proxy_client) = reverse_proxy_client.filter(|_| errors.is_empty()) else {
             return Err(ConfigErrors(errors));
-        }
+        };
 
         Ok(Snapshot {
             root_path,
@@ -202,6 +213,7 @@ impl Snapshot {
             replay,
             auth,
             reverse_proxies,
+            reverse_proxy_client,
             cgi,
             bot_detection: server.bot_detection.clone(),
             tenants: TenantIndex::new(tenant_specs),

@@ -512,6 +512,9 @@ pub struct Routes {
     pub redirects: Vec<Redirect>,
     pub rewrites: Vec<Rewrite>,
     pub reverse_proxies: Vec<ReverseProxy>,
+    /// PEM file of extra CA certificates trusted for `https://` reverse
+    /// proxy targets, besides the public web roots.
+    pub tls_ca_file: Option<PathBuf>,
     pub fly: Fly,
     /// Navigator's older spelling of `fly.replay`.
     pub fly_replay: Vec<ReplayRule>,
