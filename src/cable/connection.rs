@@ -3,8 +3,8 @@
 //! queue and sends the periodic pings.
 //!
 //! Per-connection state is kept small so that thousands of idle
-//! connections stay cheap: a 4 KiB read buffer, no write buffering, one
-//! queue and two tasks.
+//! connections stay cheap: a 1 KiB read buffer, no write buffering, one
+//! queue of pointers and two tasks.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,11 +23,12 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tracing::debug;
 
-use super::{Hub, Subscriber};
+use super::{Hub, Outgoing, Subscriber};
 
-/// Initial size of each connection's read buffer; a larger frame grows
-/// it for as long as it is needed.
-const READ_BUFFER: usize = 4 * 1024;
+/// Size of each connection's read buffer, allocated up front. Client
+/// commands are tens of bytes; a larger frame grows the buffer and is read
+/// in pieces of this size.
+const READ_BUFFER: usize = 1024;
 
 /// Streams one connection may subscribe to at once.
 const MAX_SUBSCRIPTIONS: usize = 256;
@@ -59,7 +60,7 @@ struct Command {
     stream: Option<String>,
 }
 
-/// Why the reader loop ended.
+/// The reason the reader loop ended.
 #[derive(Debug)]
 enum Ending {
     /// Send this close frame, then close.
@@ -141,7 +142,7 @@ where
     drop(registration);
 }
 
-/// Waits for the writer to send its close frame; gives up after
+/// Waits for the writer to send its close frame, and gives up after
 /// [`CLOSE_TIMEOUT`] when the client does not read.
 async fn finish_writer<S>(mut writer: JoinHandle<Option<Sink<S>>>, id: u64) -> Option<Sink<S>> {
     match tokio::time::timeout(CLOSE_TIMEOUT, &mut writer).await {
@@ -230,7 +231,7 @@ impl Reader<'_> {
                         "binary frames are not supported",
                     );
                 }
-                // tungstenite answers pings itself; any frame counts as
+                // tungstenite replies to pings itself. Any frame counts as
                 // activity.
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                 Message::Close(_) => return Ending::Quiet,
@@ -298,7 +299,7 @@ impl Reader<'_> {
         if self
             .subscriber
             .queue
-            .try_send(Utf8Bytes::from(ack))
+            .try_send(Arc::new(Utf8Bytes::from(ack)))
             .is_err()
         {
             self.hub.count_drop(&self.subscriber.stats, stream);
@@ -316,11 +317,12 @@ fn valid_stream(stream: Option<String>) -> Result<String, &'static str> {
     }
 }
 
-/// Sends queued messages and pings until told to close; returns the sink
-/// so the connection can be closed cleanly, or `None` after a write error.
+/// Sends queued messages and pings until the close instruction arrives.
+/// Returns the sink so the connection can be closed cleanly, or `None`
+/// after a write error.
 async fn write_loop<S>(
     mut sink: Sink<S>,
-    mut outgoing: mpsc::Receiver<Utf8Bytes>,
+    mut outgoing: mpsc::Receiver<Outgoing>,
     mut close: oneshot::Receiver<Option<CloseFrame>>,
     ping_interval: Duration,
 ) -> Option<Sink<S>>
@@ -363,16 +365,16 @@ where
 /// [`WRITE_BATCH`] messages, with one flush.
 async fn send_batch<S>(
     sink: &mut Sink<S>,
-    outgoing: &mut mpsc::Receiver<Utf8Bytes>,
-    first: Utf8Bytes,
+    outgoing: &mut mpsc::Receiver<Outgoing>,
+    first: Outgoing,
 ) -> Result<(), WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    sink.feed(Message::Text(first)).await?;
+    sink.feed(Message::Text((*first).clone())).await?;
     for _ in 1..WRITE_BATCH {
         match outgoing.try_recv() {
-            Ok(message) => sink.feed(Message::Text(message)).await?,
+            Ok(message) => sink.feed(Message::Text((*message).clone())).await?,
             Err(_) => break,
         }
     }

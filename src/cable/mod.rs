@@ -6,8 +6,8 @@
 //! One [`Hub`] lives as long as the process, so open connections survive a
 //! reload; the two paths come from the snapshot each request runs under.
 //!
-//! Delivery never waits for a client: each connection has a bounded queue
-//! drained by its own writer task, and a broadcast that finds a queue full
+//! Delivery never waits for a client. Each connection has a bounded queue
+//! drained by its own writer task. A broadcast that finds a queue full
 //! drops the message for that connection (counted and logged) instead of
 //! slowing the others down.
 
@@ -103,7 +103,7 @@ impl Settings {
     }
 }
 
-/// Whether `ip` is a loopback address: 127.0.0.0/8, `::1`, or an
+/// Returns whether `ip` is a loopback address: 127.0.0.0/8, `::1`, or an
 /// IPv4-mapped IPv6 form of 127.0.0.0/8.
 pub fn is_loopback(ip: IpAddr) -> bool {
     match ip {
@@ -114,10 +114,14 @@ pub fn is_loopback(ip: IpAddr) -> bool {
     }
 }
 
-/// One subscribed connection, as a broadcast sees it.
+/// A message in a connection's queue. The `Arc` keeps each queue slot one
+/// pointer wide; the text itself is shared by every queue it is in.
+type Outgoing = Arc<Utf8Bytes>;
+
+/// The part of a subscribed connection that a broadcast uses.
 #[derive(Clone)]
 struct Subscriber {
-    queue: mpsc::Sender<Utf8Bytes>,
+    queue: mpsc::Sender<Outgoing>,
     stats: Arc<ConnectionStats>,
 }
 
@@ -131,7 +135,7 @@ struct ConnectionStats {
     dropped: AtomicU64,
 }
 
-/// What one broadcast did.
+/// The outcome of one broadcast.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery {
     /// Connections whose queue took the message.
@@ -196,9 +200,9 @@ impl Hub {
             .len()
     }
 
-    /// Answers a WebSocket handshake on the cable path with 101 and serves
+    /// Accepts a WebSocket handshake on the cable path with 101 and serves
     /// the connection once hyper hands it over. `head` must be the request
-    /// head as hyper delivered it, so that it still holds the upgrade.
+    /// head as hyper delivered it, so that it still contains the upgrade.
     pub fn accept(
         self: &Arc<Self>,
         head: &mut http::request::Parts,
@@ -315,10 +319,10 @@ impl Hub {
     /// of `stream`; `data` is JSON text inserted as it is. The message is
     /// serialized once and shared by all queues.
     pub fn broadcast(&self, stream: &str, data: &str) -> Delivery {
-        let message = Utf8Bytes::from(format!(
+        let message: Outgoing = Arc::new(Utf8Bytes::from(format!(
             "{{\"type\":\"message\",\"stream\":{},\"data\":{data}}}",
             json_string(stream)
-        ));
+        )));
         let streams = self.streams.read().unwrap_or_else(PoisonError::into_inner);
         let Some(subscribers) = streams.get(stream) else {
             return Delivery::default();

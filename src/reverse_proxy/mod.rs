@@ -2,9 +2,9 @@
 //! regex or prefix go to another HTTP service, over `http://` or
 //! `https://` (rustls with the public web roots, plus an optional CA file).
 //!
-//! Unlike tenant upstreams, these services are not on loopback and not
-//! started by navigator, so the upstream `Host` is the target's own host
-//! (the client's host travels in `X-Forwarded-Host` and `$host`), and an
+//! Unlike tenant upstreams, these services are neither on loopback nor
+//! started by navigator. So the upstream `Host` is the target's own host,
+//! and the client's host travels in `X-Forwarded-Host` and `$host`. An
 //! idempotent request that cannot connect is retried for a short while.
 
 pub mod template;
@@ -126,9 +126,9 @@ pub fn find<'a>(routes: &'a [ProxyRoute], path: &'a str) -> Option<Matched<'a>> 
 }
 
 impl Matched<'_> {
-    /// The upstream URL. `original` is the path and query the client sent
-    /// (or the rewritten path with the query), used unchanged when the
-    /// route neither strips the path nor builds it from captures.
+    /// Builds the upstream URL. `original` is the path and query the
+    /// client sent (or the rewritten path with the query), used unchanged
+    /// when the route neither strips the path nor builds it from captures.
     pub fn upstream_uri(&self, original: &str) -> Result<Uri, String> {
         let route = self.route;
         let expanded = route
@@ -183,8 +183,9 @@ pub fn join_paths(base: &str, rest: &str) -> String {
     }
 }
 
-/// Serves one request through `matched`'s route: answers a CORS
-/// preflight itself, otherwise forwards upstream and returns the answer.
+/// Serves one request through `matched`'s route. A CORS preflight gets
+/// its 204 from navigator; anything else is forwarded upstream and the
+/// upstream's response returned.
 pub async fn serve(
     client: &Client,
     matched: Matched<'_>,
@@ -262,7 +263,6 @@ pub async fn serve(
     if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         tokio::spawn(proxy::run_tunnel(client_upgrade, upstream_upgrade));
-        context.record.answer = Answer::WebSocket;
         let (mut parts, _) = response.into_parts();
         headers::prepare_response(&mut parts.headers, true);
         apply_headers(&mut parts.headers, &route.response_headers);
@@ -340,9 +340,9 @@ fn client_ip(context: &RequestContext) -> IpAddr {
     context.record.client
 }
 
-/// `$scheme`: `https` on the TLS listener; with `trust_proxy`, an incoming
-/// `X-Forwarded-Proto` of `http` or `https` wins, because a TLS-terminating
-/// proxy (Fly's) talks plain HTTP to navigator.
+/// `$scheme`: `https` on the TLS listener, else `http`. With `trust_proxy`
+/// an incoming `X-Forwarded-Proto` of `http` or `https` wins, because a
+/// TLS-terminating proxy such as Fly's talks plain HTTP to navigator.
 fn client_scheme(request_headers: &HeaderMap, forwarding: &proxy::Forwarding) -> &'static str {
     if forwarding.trust_proxy {
         let forwarded = request_headers
@@ -517,7 +517,7 @@ target = "http://127.0.0.1:2/"
     }
 
     #[test]
-    fn scheme_variable_trusts_forwarded_proto_only_with_trust_proxy() {
+    fn scheme_from_forwarded_proto_when_trusted() {
         let mut request_headers = HeaderMap::new();
         request_headers.insert(
             headers::X_FORWARDED_PROTO,

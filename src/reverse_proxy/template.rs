@@ -20,9 +20,9 @@ pub struct TargetTemplate {
 
 impl TargetTemplate {
     /// Parses `text` with the reference syntax of Go's `Regexp.Expand`
-    /// and the regex crate: `$name` takes the longest run of letters,
-    /// digits and `_` (so `$10` is group 10 and `$1x` is the group named
-    /// `1x`), `${name}` delimits it, and `$$` is a literal `$`. A `$`
+    /// and the regex crate. `$name` takes the longest run of letters,
+    /// digits and `_`, so `$10` is group 10 and `$1x` is the group named
+    /// `1x`. `${name}` delimits the name, and `$$` is a literal `$`. A `$`
     /// followed by anything else is literal. Every reference must name a
     /// group of `regex`; with no regex (a prefix route) there are none.
     pub fn parse(text: &str, regex: Option<&Regex>) -> Result<TargetTemplate, String> {
@@ -68,7 +68,7 @@ impl TargetTemplate {
         Ok(TargetTemplate { parts })
     }
 
-    /// Whether the template refers to any capture group.
+    /// Returns whether the template refers to any capture group.
     pub fn uses_captures(&self) -> bool {
         self.parts
             .iter()
