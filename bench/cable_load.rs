@@ -1,7 +1,8 @@
 //! Load tool for the built-in cable, for loopback benchmarks only.
 //!
 //! `cable_load latency ADDRESS [SUBSCRIBERS] [BROADCASTS]` opens the
-//! subscribers on one stream, POSTs the broadcasts one after another
+//! subscribers on one stream (with a minimal hand-written WebSocket
+//! reader), POSTs the broadcasts one after another
 //! (20 ms apart) and prints the end-to-end latency from the start of each
 //! POST to each subscriber's receipt of the message.
 //!
@@ -27,7 +28,14 @@ type Ws = WebSocketStream<TcpStream>;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // One worker thread: the tool shares the machine with navigator and
+    // should leave it a core (override with CABLE_LOAD_THREADS).
+    let threads = std::env::var("CABLE_LOAD_THREADS")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
         .enable_all()
         .build()
         .expect("tokio runtime");
@@ -122,25 +130,25 @@ async fn open_many(
 }
 
 async fn latency(address: SocketAddr, subscribers: usize, broadcasts: usize) -> Result<(), String> {
-    let sockets = open_many(address, subscribers, |_| "bench".to_string()).await?;
+    let mut sockets = Vec::with_capacity(subscribers);
+    for _ in 0..subscribers {
+        sockets.push(LeanSubscriber::open(address, "bench").await?);
+    }
     let base = Instant::now();
     // Nanoseconds after `base` at which each broadcast's POST started.
     let sent: Arc<Vec<AtomicU64>> = Arc::new((0..broadcasts).map(|_| AtomicU64::new(0)).collect());
 
     let mut readers = Vec::new();
-    for mut ws in sockets {
+    for mut subscriber in sockets {
         let sent = sent.clone();
         readers.push(tokio::spawn(async move {
             let mut samples = Vec::with_capacity(broadcasts);
             while samples.len() < broadcasts {
-                let Some(Ok(message)) = ws.next().await else {
+                let Ok(payload) = subscriber.next_text().await else {
                     break;
                 };
-                let Message::Text(text) = message else {
-                    continue;
-                };
                 let received = base.elapsed().as_nanos() as u64;
-                let Some(index) = sequence_number(&text) else {
+                let Some(index) = sequence_number(&payload) else {
                     continue;
                 };
                 let started = sent[index].load(Ordering::Acquire);
@@ -201,6 +209,110 @@ async fn latency(address: SocketAddr, subscribers: usize, broadcasts: usize) -> 
         millis(percentile(&slowest, 99.0)),
     );
     Ok(())
+}
+
+/// A WebSocket subscriber that parses server frames by hand, so that the
+/// tool spends as little CPU as possible per message and the figures show
+/// navigator rather than the client library.
+struct LeanSubscriber {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl LeanSubscriber {
+    async fn open(address: SocketAddr, stream_name: &str) -> Result<LeanSubscriber, String> {
+        let mut stream = TcpStream::connect(address)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let handshake = format!(
+            "GET /cable HTTP/1.1\r\nHost: {address}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        stream
+            .write_all(handshake.as_bytes())
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream
+                .read_exact(&mut byte)
+                .await
+                .map_err(|e| format!("handshake response: {e}"))?;
+            head.push(byte[0]);
+        }
+        if !head.starts_with(b"HTTP/1.1 101") {
+            return Err(format!(
+                "handshake rejected: {}",
+                String::from_utf8_lossy(&head)
+            ));
+        }
+
+        // Client frames are masked; a zero mask leaves the payload as is.
+        let command = format!(r#"{{"type":"subscribe","stream":"{stream_name}"}}"#);
+        let mut frame = vec![0x81, 0x80 | command.len() as u8, 0, 0, 0, 0];
+        frame.extend_from_slice(command.as_bytes());
+        stream
+            .write_all(&frame)
+            .await
+            .map_err(|e| format!("subscribe: {e}"))?;
+        let mut subscriber = LeanSubscriber {
+            stream,
+            buffer: Vec::with_capacity(256),
+        };
+        let ack = subscriber.next_text().await?;
+        if !ack.contains("\"subscribed\"") {
+            return Err(format!("unexpected first message {ack}"));
+        }
+        Ok(subscriber)
+    }
+
+    /// Reads the next unfragmented text frame and returns its payload.
+    async fn next_text(&mut self) -> Result<String, String> {
+        loop {
+            if let Some((payload, used)) = parse_frame(&self.buffer) {
+                self.buffer.drain(..used);
+                if let Some(payload) = payload {
+                    return Ok(payload);
+                }
+                continue;
+            }
+            let mut chunk = [0u8; 4096];
+            let read = self
+                .stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| format!("read: {e}"))?;
+            if read == 0 {
+                return Err("connection closed".to_string());
+            }
+            self.buffer.extend_from_slice(&chunk[..read]);
+        }
+    }
+}
+
+/// Parses one unmasked server frame at the start of `buffer`: the text
+/// payload (`None` for other opcodes) and the bytes it took, or `None`
+/// while the frame is incomplete.
+fn parse_frame(buffer: &[u8]) -> Option<(Option<String>, usize)> {
+    if buffer.len() < 2 {
+        return None;
+    }
+    let opcode = buffer[0] & 0x0f;
+    let (length, header) = match buffer[1] & 0x7f {
+        126 => (
+            u16::from_be_bytes([*buffer.get(2)?, *buffer.get(3)?]) as usize,
+            4,
+        ),
+        127 => (
+            u64::from_be_bytes(buffer.get(2..10)?.try_into().ok()?) as usize,
+            10,
+        ),
+        short => (short as usize, 2),
+    };
+    let payload = buffer.get(header..header + length)?;
+    let text = (opcode == 1).then(|| String::from_utf8_lossy(payload).into_owned());
+    Some((text, header + length))
 }
 
 fn sequence_number(text: &str) -> Option<usize> {

@@ -1,6 +1,6 @@
-//! A real browser on the cable: headless Chromium, driven by chromedriver
+//! A real browser on the cable. Headless Chromium, driven by chromedriver
 //! over the WebDriver HTTP API, loads a static page from navigator whose
-//! script subscribes to a stream; a broadcast must change the page.
+//! script subscribes to a stream. A broadcast must then change the page.
 
 mod support;
 
@@ -73,7 +73,7 @@ impl Driver {
         driver
     }
 
-    /// One WebDriver command; returns the JSON answer. chromedriver keeps
+    /// Sends one WebDriver command and returns the JSON response. chromedriver keeps
     /// connections open despite `Connection: close`, so the body is read
     /// by its `Content-Length`.
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {

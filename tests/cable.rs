@@ -47,7 +47,7 @@ async fn send_json(ws: &mut Ws, value: Value) {
         .unwrap();
 }
 
-/// The next frame, or `None` when the connection ended.
+/// Reads the next frame; `None` when the connection ended.
 async fn next_frame(ws: &mut Ws) -> Option<Message> {
     match tokio::time::timeout(PATIENCE, ws.next()).await {
         Ok(Some(Ok(message))) => Some(message),
@@ -60,7 +60,7 @@ async fn next_frame(ws: &mut Ws) -> Option<Message> {
     }
 }
 
-/// The next text frame as JSON, skipping pings.
+/// Reads the next text frame as JSON, skipping pings.
 async fn next_json(ws: &mut Ws) -> Value {
     loop {
         match next_frame(ws).await {
@@ -76,7 +76,8 @@ async fn next_json(ws: &mut Ws) -> Value {
     }
 }
 
-/// The close frame that ends the connection, skipping everything else.
+/// Reads up to the close frame that ends the connection and returns its
+/// code and reason.
 async fn close_code(ws: &mut Ws) -> Option<(CloseCode, String)> {
     loop {
         match next_frame(ws).await {
@@ -97,7 +98,7 @@ async fn subscribe(ws: &mut Ws, stream: &str) {
     );
 }
 
-/// POSTs a broadcast and returns the status and the JSON answer.
+/// POSTs a broadcast and returns the status and the JSON response body.
 async fn broadcast(address: SocketAddr, body: Value) -> (u16, Value) {
     let response = tokio::task::spawn_blocking(move || {
         support::http_request(
@@ -183,7 +184,7 @@ async fn pings_sent_and_pongs_keep_alive() {
     let mut ws = connect(navigator.address, "/cable").await;
     subscribe(&mut ws, "s").await;
 
-    // Answering every ping keeps the connection open across several idle
+    // Replying to every ping keeps the connection open across several idle
     // timeouts.
     for _ in 0..12 {
         match next_frame(&mut ws).await {

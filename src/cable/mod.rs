@@ -210,7 +210,7 @@ impl Hub {
     ) -> Response<Body> {
         let accept_key = match handshake_key(head) {
             Ok(key) => key,
-            Err(rejection) => return rejection,
+            Err(rejection) => return *rejection,
         };
         let Some(upgrade) = head.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
             return responses::text(
@@ -450,7 +450,7 @@ impl Drop for Registration {
 
 /// Checks the WebSocket handshake headers and returns the
 /// `Sec-WebSocket-Accept` value, or the response that rejects it.
-fn handshake_key(head: &http::request::Parts) -> Result<HeaderValue, Response<Body>> {
+fn handshake_key(head: &http::request::Parts) -> Result<HeaderValue, Box<Response<Body>>> {
     if !crate::proxy::headers::is_websocket_upgrade(&head.headers) {
         let mut response = responses::text(
             StatusCode::UPGRADE_REQUIRED,
@@ -459,10 +459,12 @@ fn handshake_key(head: &http::request::Parts) -> Result<HeaderValue, Response<Bo
         response
             .headers_mut()
             .insert(UPGRADE, HeaderValue::from_static("websocket"));
-        return Err(response);
+        return Err(Box::new(response));
     }
     if head.method != Method::GET {
-        return Err(responses::bad_request("a WebSocket handshake must use GET"));
+        return Err(Box::new(responses::bad_request(
+            "a WebSocket handshake must use GET",
+        )));
     }
     let version = head.headers.get(http::header::SEC_WEBSOCKET_VERSION);
     if version.is_none_or(|v| v.as_bytes() != b"13") {
@@ -474,15 +476,16 @@ fn handshake_key(head: &http::request::Parts) -> Result<HeaderValue, Response<Bo
             http::header::SEC_WEBSOCKET_VERSION,
             HeaderValue::from_static("13"),
         );
-        return Err(response);
+        return Err(Box::new(response));
     }
     let Some(key) = head.headers.get(http::header::SEC_WEBSOCKET_KEY) else {
-        return Err(responses::bad_request(
+        return Err(Box::new(responses::bad_request(
             "the WebSocket handshake has no Sec-WebSocket-Key",
-        ));
+        )));
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    HeaderValue::from_str(&accept).map_err(|_| responses::bad_request("invalid Sec-WebSocket-Key"))
+    HeaderValue::from_str(&accept)
+        .map_err(|_| Box::new(responses::bad_request("invalid Sec-WebSocket-Key")))
 }
 
 /// The body of a broadcast request.
