@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::compile::Snapshot;
+use crate::fly::Fly;
 use crate::proxy;
 use crate::supervisor::tenants::Supervisor;
 
@@ -16,6 +17,8 @@ pub struct App {
     snapshot: ArcSwap<Snapshot>,
     pub supervisor: Arc<Supervisor>,
     pub client: proxy::Client,
+    /// The Fly environment, read once at startup, and the machine idle state.
+    pub fly: Fly,
 }
 
 impl App {
@@ -26,6 +29,7 @@ impl App {
             snapshot: ArcSwap::new(snapshot),
             supervisor,
             client: proxy::new_client(),
+            fly: Fly::from_process(),
         })
     }
 

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod compile;
 pub mod config;
 pub mod demo;
+pub mod fly;
 pub mod logging;
 pub mod pipeline;
 pub mod proxy;

@@ -10,6 +10,7 @@ use tracing::{error, info, warn};
 
 use crate::app::App;
 use crate::compile::{self, Snapshot};
+use crate::fly;
 use crate::logging::{self, LogControl};
 use crate::server;
 
@@ -17,7 +18,7 @@ use crate::server;
 /// process exit code: 0 after a clean shutdown, 1 on a runtime failure, 2
 /// when the config is invalid.
 pub async fn run(config_path: PathBuf) -> i32 {
-    let log = logging::init(Default::default());
+    let log = Arc::new(logging::init(Default::default()));
     let snapshot = match compile::load_snapshot(&config_path) {
         Ok(snapshot) => snapshot,
         Err(errors) => {
@@ -56,6 +57,8 @@ pub async fn run(config_path: PathBuf) -> i32 {
     let (stop_sender, stop_receiver) = watch::channel(false);
     let server_task = tokio::spawn(server::serve(app.clone(), listener, false, stop_receiver));
     tokio::spawn(app.supervisor.clone().run_idle_reaper());
+    install_hook_reload(&app, &log);
+    tokio::spawn(fly::idle::run_monitor(app.clone()));
 
     // TODO: server ready hooks run here in the background.
 
@@ -114,23 +117,43 @@ async fn wait_for_signals(app: &Arc<App>, log: &LogControl) -> i32 {
 /// Loads the config file again and swaps it in; an invalid file is logged
 /// and the running config stays.
 pub fn reload(app: &App, log: &LogControl) {
-    match compile::load_snapshot(&app.config_path) {
+    reload_file(app, log, &app.config_path);
+}
+
+/// Loads `path` and swaps it in, as [`reload`] does with the config file.
+///
+/// NOTE: `app.config_path` stays as it was, so a later SIGHUP reads the
+/// original file again even after a hook reloaded from another one.
+pub fn reload_file(app: &App, log: &LogControl, path: &Path) {
+    match compile::load_snapshot(path) {
         Ok(snapshot) => {
             log.set_format(snapshot.config.logging.format);
-            apply_reload(app, snapshot);
+            apply_reload(app, snapshot, path);
         }
         Err(errors) => {
             for error in &errors.0 {
-                error!(config = %app.config_path.display(), error = %error, "reload rejected; keeping the running config");
+                error!(config = %path.display(), error = %error, "reload rejected; keeping the running config");
             }
         }
     }
 }
 
-fn apply_reload(app: &App, snapshot: Arc<Snapshot>) {
+fn apply_reload(app: &App, snapshot: Arc<Snapshot>, path: &Path) {
     let tenants = snapshot.tenants.len();
     app.install(snapshot);
-    info!(config = %app.config_path.display(), tenants, "reload applied");
+    info!(config = %path.display(), tenants, "reload applied");
+}
+
+/// Lets hooks with `reload_config` reload. The closure keeps only a weak
+/// reference to the app, so it does not keep the app alive.
+fn install_hook_reload(app: &Arc<App>, log: &Arc<LogControl>) {
+    let weak = Arc::downgrade(app);
+    let log = log.clone();
+    app.fly.idle.set_reload(Box::new(move |path| {
+        if let Some(app) = weak.upgrade() {
+            reload_file(&app, &log, path);
+        }
+    }));
 }
 
 fn write_pid_file(path: &Path) {

@@ -58,6 +58,7 @@ pub struct Snapshot {
     pub maintenance_page: String,
     pub path_rules: PathRules,
     pub replay: ReplayRules,
+    pub fly: crate::fly::FlyRoutes,
     pub auth: AuthRules,
     pub reverse_proxies: Vec<ProxyRoute>,
     pub cgi: HashMap<String, CgiScript>,
@@ -145,6 +146,7 @@ impl Snapshot {
 
         let path_rules = PathRules::compile(&loaded, &mut errors);
         let replay = ReplayRules::compile(&loaded, &mut errors);
+        let fly = crate::fly::FlyRoutes::compile(&loaded, &mut errors);
         let auth = AuthRules::compile(&loaded, &mut errors);
         let reverse_proxies = rules::compile_reverse_proxies(&loaded, &mut errors);
 
@@ -200,6 +202,7 @@ impl Snapshot {
             maintenance_page: config.maintenance.page.clone(),
             path_rules,
             replay,
+            fly,
             auth,
             reverse_proxies,
             cgi,
