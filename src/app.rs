@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::compile::Snapshot;
+use crate::fly::Fly;
 use crate::proxy;
 use crate::reload::{ReloadQueue, Reloader};
 use crate::supervisor::tenants::Supervisor;
@@ -22,6 +23,8 @@ pub struct App {
     pub reloader: Reloader,
     /// The other end of `reloader`, until the lifecycle loop takes it.
     reload_queue: Mutex<Option<ReloadQueue>>,
+    /// The Fly environment, read once at startup, and the machine idle state.
+    pub fly: Fly,
 }
 
 impl App {
@@ -37,6 +40,7 @@ impl App {
             client: proxy::new_client(),
             reloader,
             reload_queue: Mutex::new(Some(reload_queue)),
+            fly: Fly::from_process(),
         })
     }
 

@@ -13,6 +13,7 @@ pub mod compile;
 pub mod config;
 pub mod connection;
 pub mod demo;
+pub mod fly;
 pub mod hooks;
 pub mod limits;
 pub mod log_shipping;

@@ -23,6 +23,7 @@ use crate::bots;
 use crate::canonical;
 use crate::cgi;
 use crate::compile::{Snapshot, TenantSpec};
+use crate::fly;
 use crate::limits;
 use crate::proxy::{self, Forward, Forwarding, ProxyError, headers::X_REQUEST_ID};
 use crate::responses;
@@ -53,10 +54,16 @@ pub async fn handle(
     connection: Connection,
     request: Request<Incoming>,
 ) -> Response<Body> {
+    let started = Instant::now();
+
+    // Machine idle: count the request (health checks excepted) until its
+    // response body ends; after an idle action, resume first.
+    let activity = fly::idle::track_request(&app, &request).await;
+
     let snapshot = app.snapshot();
     let request_id = request_id(&request);
     let record = AccessRecord {
-        started: Instant::now(),
+        started,
         client: client_address(&snapshot, &connection, &request),
         user: None,
         method: request.method().clone(),
@@ -86,10 +93,8 @@ pub async fn handle(
         .insert(X_REQUEST_ID, context.request_id.clone());
     let status = response.status().as_u16();
     let (parts, body) = response.into_parts();
-    Response::from_parts(
-        parts,
-        access_log::log_on_completion(body, context.record, status),
-    )
+    let body = access_log::log_on_completion(body, context.record, status);
+    Response::from_parts(parts, fly::idle::hold_until_end(body, activity))
 }
 
 /// The pipeline, step by step.
@@ -176,7 +181,10 @@ async fn route(
         }
     }
     let path = rewritten.clone().unwrap_or(path);
-    // TODO: Fly-Replay rules answer here (first match in config order).
+    if let Some(rule) = snapshot.replay.find(&path, &head.method) {
+        let request = Request::from_parts(head, body);
+        return fly::replay::answer(app, context, rule, request).await;
+    }
     if let Some(response) = trailing_slash_redirect(&snapshot, context, &path, &head) {
         return response;
     }
@@ -457,7 +465,7 @@ async fn proxy_to_tenant(
         context.record.answer = Answer::WebSocket;
     }
     let guard: proxy::Guard = if websocket && tenant.track_websockets {
-        Box::new((lease.websocket(), lease))
+        Box::new((lease.websocket(), lease, app.fly.idle.track()))
     } else {
         Box::new(lease)
     };

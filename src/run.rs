@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::app::App;
 use crate::compile::{self, Snapshot};
+use crate::fly;
 use crate::hooks::{self, ServerEvent};
 use crate::log_shipping;
 use crate::logging::{self, LogControl};
@@ -94,6 +95,7 @@ pub async fn run(config_path: PathBuf) -> i32 {
     let connections = Connections::new();
     let acceptor = Acceptor::start(&app, listener, &connections);
     tokio::spawn(app.supervisor.clone().run_idle_reaper());
+    tokio::spawn(fly::idle::run_monitor(app.clone()));
     let mut lifecycle = Lifecycle {
         app,
         log,

@@ -59,6 +59,7 @@ pub struct Snapshot {
     pub maintenance_page: String,
     pub path_rules: PathRules,
     pub replay: ReplayRules,
+    pub fly: crate::fly::FlyRoutes,
     pub auth: AuthRules,
     /// The public-path matchers and the htpasswd file built from `auth`.
     pub access: AccessControl,
@@ -148,6 +149,7 @@ impl Snapshot {
 
         let path_rules = PathRules::compile(&loaded, &mut errors);
         let replay = ReplayRules::compile(&loaded, &mut errors);
+        let fly = crate::fly::FlyRoutes::compile(&loaded, &mut errors);
         let auth = AuthRules::compile(&loaded, &mut errors);
         let access = AccessControl::compile(&loaded, &auth, &mut errors);
         let bots_enabled = server.bot_detection.enabled
@@ -214,6 +216,7 @@ impl Snapshot {
             maintenance_page: config.maintenance.page.clone(),
             path_rules,
             replay,
+            fly,
             auth,
             access,
             reverse_proxies,
