@@ -2,35 +2,50 @@
 //! tenant supervisor and the upstream client.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
 use crate::cable;
 use crate::compile::Snapshot;
+use crate::fly::Fly;
 use crate::proxy;
+use crate::reload::{ReloadQueue, Reloader};
 use crate::supervisor::tenants::Supervisor;
 
 pub struct App {
-    /// The config file reloads read.
-    pub config_path: PathBuf,
+    /// The config file SIGHUP reloads. A `reload_config` naming another
+    /// file switches it.
+    config_path: Mutex<PathBuf>,
     snapshot: ArcSwap<Snapshot>,
     pub supervisor: Arc<Supervisor>,
     pub client: proxy::Client,
     /// The built-in WebSocket pub/sub; it outlives reloads, so open
     /// connections survive them.
     pub cable: Arc<cable::Hub>,
+    /// Queues reloads for the lifecycle loop (hooks, CGI scripts).
+    pub reloader: Reloader,
+    /// The other end of `reloader`, until the lifecycle loop takes it.
+    reload_queue: Mutex<Option<ReloadQueue>>,
+    /// The Fly environment, read once at startup, and the machine idle state.
+    pub fly: Fly,
 }
 
 impl App {
     pub fn new(config_path: PathBuf, snapshot: Arc<Snapshot>) -> Arc<App> {
         let supervisor = Supervisor::new(&snapshot.pools);
+        let (reloader, reload_queue) = Reloader::channel();
+        supervisor.set_reloader(reloader.clone());
+        supervisor.apply(&snapshot);
         Arc::new(App {
-            config_path,
+            config_path: Mutex::new(config_path),
             snapshot: ArcSwap::new(snapshot),
             supervisor,
             client: proxy::new_client(),
             cable: cable::Hub::new(cable::Settings::from_env()),
+            reloader,
+            reload_queue: Mutex::new(Some(reload_queue)),
+            fly: Fly::from_process(),
         })
     }
 
@@ -44,5 +59,29 @@ impl App {
     pub fn install(&self, snapshot: Arc<Snapshot>) {
         self.supervisor.apply(&snapshot);
         self.snapshot.store(snapshot);
+    }
+
+    /// Returns the config file that a reload without a named file loads.
+    pub fn config_path(&self) -> PathBuf {
+        self.config_path
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub fn set_config_path(&self, path: PathBuf) {
+        *self
+            .config_path
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = path;
+    }
+
+    /// Hands the reload queue to the lifecycle loop; `None` after the
+    /// first call.
+    pub fn take_reload_queue(&self) -> Option<ReloadQueue> {
+        self.reload_queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
     }
 }

@@ -28,7 +28,8 @@ pub fn check(path: &Path) -> i32 {
         }
     };
     print!("{}", summary(path, &snapshot));
-    let warnings = missing_files(&snapshot);
+    let mut warnings = missing_files(&snapshot);
+    warnings.extend(crate::supervisor::identity::missing_accounts(&snapshot));
     for warning in &warnings {
         println!("warning: {warning}");
     }

@@ -13,10 +13,19 @@
 //! - `.../broadcast?stream=S`: publishes the request body (as a JSON string)
 //!   to stream S with a POST to `TURBO_CABLE_BROADCAST_URL`, as TurboCable
 //!   does from Rails, and answers with the broadcast's status and body;
+//! - `.../allocate?mb=N`: allocates N MiB and writes to every page, so the
+//!   memory is really used (and charged to the tenant's cgroup), then
+//!   answers with the page and frees it;
 //! - a request with an `Upgrade` header: 101, then every byte received is
 //!   echoed back until end of file (no WebSocket framing);
 //! - anything else: an HTML page with the path and a visit counter, or JSON
-//!   (see [`wants_json`]) describing the request.
+//!   (see [`wants_json`]) describing the request and the process (pid, uid,
+//!   gid and supplementary groups as `/proc/self/status` lists them).
+//!
+//! `DEMO_REQUEST_LOG=FILE` appends one line per request to FILE before the
+//! response goes out: `SCOPE METHOD URI STATUS` (scope from
+//! `RAILS_APP_SCOPE`, `-` without), so tests can prove which requests
+//! reached which tenant.
 //!
 //! Boot knobs from the environment: `DEMO_BOOT_DELAY_MS`,
 //! `DEMO_EXIT_AT_BOOT=CODE`, `DEMO_NEVER_LISTEN=1`, `DEMO_NO_ANSWER=1` and
@@ -53,7 +62,19 @@ pub const CRASH_EXIT_CODE: i32 = 3;
 const DEFAULT_PORT: u16 = 3000;
 
 /// Prefixes of the environment variables reported in JSON pages.
-const REPORTED_ENV_PREFIXES: [&str; 5] = ["RAILS_", "DATABASE_", "PIDFILE", "PORT", "TEST_"];
+const REPORTED_ENV_PREFIXES: [&str; 8] = [
+    "RAILS_",
+    "DATABASE_",
+    "PIDFILE",
+    "PORT",
+    "TEST_",
+    "HOME",
+    "USER",
+    "LOGNAME",
+];
+
+/// Largest `/allocate` request, in MiB.
+const MAX_ALLOCATE_MB: usize = 16 * 1024;
 
 /// The demo tenant's settings, read from argv and the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +93,7 @@ pub struct Settings {
     pub scope: Option<String>,
     /// Where `.../broadcast` publishes (`TURBO_CABLE_BROADCAST_URL`).
     pub broadcast_url: Option<String>,
+    pub request_log: Option<PathBuf>,
 }
 
 impl Settings {
@@ -112,6 +134,7 @@ impl Settings {
             owner: non_empty("RAILS_APP_OWNER"),
             scope: non_empty("RAILS_APP_SCOPE"),
             broadcast_url: non_empty("TURBO_CABLE_BROADCAST_URL"),
+            request_log: non_empty("DEMO_REQUEST_LOG").map(PathBuf::from),
         })
     }
 }
@@ -354,6 +377,7 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    let uri = request.uri().to_string();
 
     let response = if let Some(protocol) = request.headers().get(header::UPGRADE).cloned() {
         let upgrade = hyper::upgrade::on(&mut request);
@@ -378,6 +402,21 @@ async fn handle(
         response
     });
     println!("{method} {path} {}", response.status().as_u16());
+    if let Some(file) = &demo.settings.request_log {
+        let scope = demo.settings.scope.as_deref().unwrap_or("-");
+        let line = format!("{scope} {method} {uri} {}\n", response.status().as_u16());
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+            .and_then(|mut file| file.write_all(line.as_bytes()));
+        if let Err(error) = appended {
+            eprintln!(
+                "demo-tenant: failed to append to {}: {error}",
+                file.display()
+            );
+        }
+    }
     Ok(response)
 }
 
@@ -449,6 +488,19 @@ async fn page(
                 );
             }
         }
+    }
+    if path.ends_with("/allocate") {
+        let Some(megabytes) = query_value(query, "mb")
+            .and_then(|mb| mb.parse::<usize>().ok())
+            .filter(|mb| *mb <= MAX_ALLOCATE_MB)
+        else {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                &format!("allocate needs mb=N with N from 0 to {MAX_ALLOCATE_MB}\n"),
+            );
+        };
+        let touched = allocate_and_touch(megabytes);
+        println!("demo-tenant: allocated and touched {touched} bytes");
     }
     let crash = path.ends_with("/crash");
     if crash {
@@ -574,6 +626,43 @@ async fn post_json(url: &str, payload: String) -> Result<(StatusCode, Bytes), St
     Ok((status, body))
 }
 
+/// Allocates `megabytes` MiB and writes one byte per 4 KiB page, so the
+/// kernel must back every page with memory. Returns the bytes touched; the
+/// memory is freed on return.
+fn allocate_and_touch(megabytes: usize) -> usize {
+    const PAGE: usize = 4096;
+    let mut memory: Vec<u8> = Vec::with_capacity(megabytes << 20);
+    for _ in 0..(megabytes << 20) / PAGE {
+        memory.extend_from_slice(&[1u8; PAGE]);
+    }
+    // Keeps the writes from being optimized away.
+    std::hint::black_box(&memory);
+    memory.len()
+}
+
+/// Returns the real uid, the real gid and the supplementary groups of this
+/// process from the `Uid:`, `Gid:` and `Groups:` lines of
+/// `/proc/self/status`.
+pub fn process_ids(status: &str) -> (Option<u32>, Option<u32>, Vec<u32>) {
+    let first_number = |prefix: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|number| number.parse().ok())
+    };
+    let groups = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Groups:"))
+        .map(|rest| {
+            rest.split_whitespace()
+                .filter_map(|number| number.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    (first_number("Uid:"), first_number("Gid:"), groups)
+}
+
 async fn body_length(mut body: Incoming) -> Result<u64, hyper::Error> {
     let mut length = 0u64;
     while let Some(frame) = body.frame().await {
@@ -657,8 +746,14 @@ fn json_report(
         .map(|cwd| cwd.display().to_string())
         .unwrap_or_default();
 
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let (uid, gid, groups) = process_ids(&status);
+
     serde_json::json!({
         "pid": std::process::id(),
+        "uid": uid,
+        "gid": gid,
+        "groups": groups,
         "port": demo.port,
         "cwd": cwd,
         "path": parts.uri.path(),
@@ -942,6 +1037,28 @@ mod tests {
             error.contains("invalid DEMO_BOOT_DELAY_MS \"soon\""),
             "{error}"
         );
+    }
+
+    #[test]
+    fn process_ids_from_status() {
+        let status = "Name:\tdemo\nUid:\t999\t999\t999\t999\nGid:\t998\t998\t998\t998\n\
+                      FDSize:\t64\nGroups:\t\nNSpid:\t1\n";
+        assert_eq!(process_ids(status), (Some(999), Some(998), vec![]));
+        let status = "Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t0 4 27 \n";
+        assert_eq!(process_ids(status), (Some(0), Some(0), vec![0, 4, 27]));
+    }
+
+    #[tokio::test]
+    async fn demo_allocate_reports_and_rejects() {
+        let (port, _server) = start(settings_with(&[])).await;
+        let (status, _, body) = fetch(port, &get("/2025/kobe/allocate?mb=2&format=json")).await;
+        assert_eq!(status, 200);
+        let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(report["uid"], nix::unistd::getuid().as_raw());
+        assert!(report["groups"].is_array());
+        assert_eq!(fetch(port, &get("/allocate?mb=lots")).await.0, 400);
+        assert_eq!(fetch(port, &get("/allocate")).await.0, 400);
+        assert_eq!(allocate_and_touch(3), 3 << 20);
     }
 
     #[test]

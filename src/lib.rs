@@ -3,16 +3,26 @@
 
 pub mod access_log;
 pub mod app;
+pub mod auth;
 pub mod body;
+pub mod bots;
 pub mod cable;
 pub mod canonical;
+pub mod cgi;
 pub mod cli;
 pub mod compile;
 pub mod config;
+pub mod connection;
 pub mod demo;
+pub mod fly;
+pub mod hooks;
+pub mod limits;
+pub mod log_shipping;
 pub mod logging;
+pub mod managed;
 pub mod pipeline;
 pub mod proxy;
+pub mod reload;
 pub mod responses;
 pub mod reverse_proxy;
 pub mod run;

@@ -1,5 +1,6 @@
-//! tracing setup: text or JSON output, switchable on reload, with the
-//! level from `LOG_LEVEL` or `RUST_LOG`.
+//! tracing setup: text or JSON output and the level, both switchable on
+//! reload. The level comes from `logging.level`, else `LOG_LEVEL`, else
+//! `RUST_LOG`, else `info`.
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;
@@ -13,21 +14,42 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
-use crate::config::schema::LogFormat;
+use crate::config::schema::{LogFormat, LogLevel};
 
 /// The tracing target of lines captured from child processes.
 pub const OUTPUT_TARGET: &str = "navigator::output";
 
-type Base = Layered<EnvFilter, Registry>;
+type Base = Layered<reload::Layer<EnvFilter, Registry>, Registry>;
 type BoxedLayer = Box<dyn Layer<Base> + Send + Sync>;
 
-/// Switches the output format of the installed subscriber.
+/// Switches the output format and the level of the installed subscriber.
 pub struct LogControl {
     handle: reload::Handle<BoxedLayer, Base>,
     format: std::sync::Mutex<LogFormat>,
+    filter: reload::Handle<EnvFilter, Registry>,
+    /// The configured level; `None` follows the environment.
+    level: std::sync::Mutex<Option<LogLevel>>,
 }
 
 impl LogControl {
+    /// Sets the level from the config; `None` returns to the level the
+    /// environment names.
+    pub fn set_level(&self, level: Option<LogLevel>) {
+        let mut current = self.level.lock().unwrap_or_else(|p| p.into_inner());
+        if *current == level {
+            return;
+        }
+        let filter = match level {
+            Some(level) => EnvFilter::new(level.as_str()),
+            None => filter(),
+        };
+        if let Err(error) = self.filter.reload(filter) {
+            tracing::warn!(error = %error, "cannot switch the log level");
+            return;
+        }
+        *current = level;
+    }
+
     pub fn set_format(&self, format: LogFormat) {
         let mut current = self.format.lock().unwrap_or_else(|p| p.into_inner());
         if *current == format {
@@ -69,14 +91,18 @@ fn make_layer(format: LogFormat) -> BoxedLayer {
 
 /// Installs the global subscriber; call once at startup.
 pub fn init(format: LogFormat) -> LogControl {
+    let (filter, filter_handle) = reload::Layer::new(filter());
     let (layer, handle) = reload::Layer::new(make_layer(format));
     let _ = tracing_subscriber::registry()
-        .with(filter())
+        .with(filter)
         .with(layer)
+        .with(crate::log_shipping::layer())
         .try_init();
     LogControl {
         handle,
         format: std::sync::Mutex::new(format),
+        filter: filter_handle,
+        level: std::sync::Mutex::new(None),
     }
 }
 

@@ -89,8 +89,8 @@ fn serve(config: PathBuf) -> i32 {
     runtime.block_on(run::run(config))
 }
 
-/// The pid file named on the command line, else the one the config names,
-/// else the default.
+/// Picks the pid file named on the command line, else the one the config
+/// names, else the default.
 fn pid_file_for(explicit: Option<PathBuf>, config: Option<PathBuf>) -> PathBuf {
     if let Some(path) = explicit {
         return path;

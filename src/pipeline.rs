@@ -13,13 +13,18 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use crate::access_log::{self, AccessRecord, Answer};
 use crate::app::App;
+use crate::auth::{self, Decision};
 use crate::body::{self, Body};
+use crate::bots;
 use crate::canonical;
+use crate::cgi;
 use crate::compile::{Snapshot, TenantSpec};
+use crate::fly;
+use crate::limits;
 use crate::proxy::{self, Forward, Forwarding, ProxyError, headers::X_REQUEST_ID};
 use crate::responses;
 use crate::reverse_proxy;
@@ -38,6 +43,9 @@ pub struct RequestContext {
     pub connection: Connection,
     pub request_id: HeaderValue,
     pub record: AccessRecord,
+    /// The user whose credentials step 4 verified; never taken from any
+    /// other header. CGI scripts get it as `REMOTE_USER`.
+    pub user: Option<String>,
 }
 
 /// Serves one request: runs the pipeline and attaches the access-log
@@ -47,10 +55,16 @@ pub async fn handle(
     connection: Connection,
     request: Request<Incoming>,
 ) -> Response<Body> {
+    let started = Instant::now();
+
+    // Machine idle: count the request (health checks excepted) until its
+    // response body ends; after an idle action, resume first.
+    let activity = fly::idle::track_request(&app, &request).await;
+
     let snapshot = app.snapshot();
     let request_id = request_id(&request);
     let record = AccessRecord {
-        started: Instant::now(),
+        started,
         client: client_address(&snapshot, &connection, &request),
         user: None,
         method: request.method().clone(),
@@ -70,6 +84,7 @@ pub async fn handle(
         connection,
         request_id,
         record,
+        user: None,
     };
 
     let mut response = route(&app, &mut context, request).await;
@@ -79,10 +94,8 @@ pub async fn handle(
         .insert(X_REQUEST_ID, context.request_id.clone());
     let status = response.status().as_u16();
     let (parts, body) = response.into_parts();
-    Response::from_parts(
-        parts,
-        access_log::log_on_completion(body, context.record, status),
-    )
+    let body = access_log::log_on_completion(body, context.record, status);
+    Response::from_parts(parts, fly::idle::hold_until_end(body, activity))
 }
 
 /// The pipeline, step by step.
@@ -92,7 +105,26 @@ async fn route(
     request: Request<Incoming>,
 ) -> Response<Body> {
     let snapshot = context.snapshot.clone();
-    let (head, body) = request.into_parts();
+    let (mut head, body) = request.into_parts();
+
+    // Before step 0: the head checks that hyper leaves to us (Host rules,
+    // declared body size), and the body limit for the step that streams
+    // the body.
+    let max_body_bytes = snapshot
+        .config
+        .server
+        .limits
+        .max_body_bytes
+        .map(|size| size.0);
+    if let Err(error) = limits::check_head(head.version, &head.headers, max_body_bytes) {
+        context.record.answer = Answer::Error;
+        return responses::text(
+            error.status(),
+            &format!("{} {}", error.status(), error.message()),
+        );
+    }
+    head.extensions
+        .insert(limits::BodyLimit::new(max_body_bytes));
 
     // 0. Canonical path: every later step matches this one decoded path.
     let path = match canonical::canonicalize(head.uri.path()) {
@@ -120,14 +152,32 @@ async fn route(
             .await;
     }
 
-    // 4. Authentication.
-    // TODO: htpasswd authentication answers 401 here, before any routing.
+    // 4. Authentication, before every routing decision. A path that a glob
+    // (such as `*.css`) made public for static files only, requested
+    // without valid credentials, leaves the pipeline here. It may get a
+    // static file, and nothing else but a 401.
+    match snapshot
+        .access
+        .authorize(&path, head.uri.path(), &head.headers)
+        .await
+    {
+        Decision::Allow { user } => {
+            context.record.user.clone_from(&user);
+            context.user = user;
+        }
+        Decision::Challenge { realm } => {
+            context.record.answer = Answer::AuthFailure;
+            return auth::challenge(&realm);
+        }
+        Decision::StaticOnly { realm } => {
+            return static_or_challenge(&snapshot, context, &path, &head, &realm).await;
+        }
+    }
 
     // 5. Cable endpoint.
     if cable.enabled && path == cable.path {
         context.record.answer = Answer::WebSocket;
         context.record.target = Some("cable".to_string());
-        let mut head = head;
         return app.cable.accept(&mut head, context.connection.peer);
     }
 
@@ -143,13 +193,18 @@ async fn route(
         }
     }
     let path = rewritten.clone().unwrap_or(path);
-    // TODO: Fly-Replay rules answer here (first match in config order).
+    if let Some(rule) = snapshot.replay.find(&path, &head.method) {
+        let request = Request::from_parts(head, body);
+        return fly::replay::answer(app, context, rule, request).await;
+    }
     if let Some(response) = trailing_slash_redirect(&snapshot, context, &path, &head) {
         return response;
     }
 
     // 7. CGI scripts.
-    // TODO: CGI scripts configured for this exact path answer here.
+    if let Some(script) = cgi::find(&snapshot, &path, &head.method) {
+        return cgi::serve(app, context, script, head, body).await;
+    }
 
     // 8. Reverse proxy routes.
     if let Some(matched) = reverse_proxy::find(&snapshot.reverse_proxies, &path) {
@@ -171,7 +226,9 @@ async fn route(
     }
 
     // 11. Bot detection.
-    // TODO: bot detection (global, per-tenant override) answers 403 here.
+    if let Some(response) = bot_detection(&snapshot, context, &path, &head) {
+        return response;
+    }
 
     // 12. Tenant by longest path prefix.
     if let Some(tenant) = snapshot.tenants.find(&path).cloned() {
@@ -198,8 +255,10 @@ fn request_id(request: &Request<Incoming>) -> HeaderValue {
     HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("-"))
 }
 
-/// The client address for logs: the socket peer, or with `trust_proxy`
-/// the first `X-Forwarded-For` entry.
+/// Returns the client address for logs and `$remote_addr`: the socket
+/// peer, or with `trust_proxy` the last `X-Forwarded-For` entry, which the
+/// trusted proxy in front appended. Earlier entries come from the client
+/// and can be forged, so they are never used.
 fn client_address(
     snapshot: &Snapshot,
     connection: &Connection,
@@ -208,10 +267,12 @@ fn client_address(
     if snapshot.config.server.trust_proxy {
         let forwarded = request
             .headers()
-            .get(proxy::headers::X_FORWARDED_FOR)
+            .get_all(proxy::headers::X_FORWARDED_FOR)
+            .iter()
+            .next_back()
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|first| first.trim().parse().ok());
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|last| last.trim().parse().ok());
         if let Some(address) = forwarded {
             return address;
         }
@@ -234,6 +295,49 @@ fn health_check(
     *response.status_mut() = synthetic.status;
     *response.headers_mut() = synthetic.headers.clone();
     Some(response)
+}
+
+/// Serves a request that a glob made public for static files only. The
+/// rewrites apply, because they change the path without responding. Then
+/// the static-file step runs, and anything else gets the 401 challenge.
+async fn static_or_challenge(
+    snapshot: &Snapshot,
+    context: &mut RequestContext,
+    path: &str,
+    request: &http::request::Parts,
+    realm: &str,
+) -> Response<Body> {
+    let rewritten = snapshot.path_rules.rewrite(path, &request.method);
+    let path = rewritten
+        .as_deref()
+        .filter(|target| is_clean_path(target))
+        .unwrap_or(path);
+    if let Some(response) = static_file(snapshot, context, path, request).await {
+        return response;
+    }
+    context.record.answer = Answer::AuthFailure;
+    auth::challenge(realm)
+}
+
+/// Answers 403 to bots when the tenant's setting, or else the server-wide
+/// one, says so.
+fn bot_detection(
+    snapshot: &Snapshot,
+    context: &mut RequestContext,
+    path: &str,
+    request: &http::request::Parts,
+) -> Option<Response<Body>> {
+    let tenant = snapshot.tenants.find(path);
+    let setting = bots::effective(&snapshot.bot_detection, tenant.map(|t| t.as_ref()));
+    if !bots::blocks(setting, &request.headers) {
+        return None;
+    }
+    context.record.answer = Answer::BotBlocked;
+    context.record.tenant = tenant.map(|t| t.name.clone());
+    Some(responses::error_page(
+        StatusCode::FORBIDDEN,
+        "Forbidden: automated clients may not use this page.",
+    ))
 }
 
 fn redirect(
@@ -378,7 +482,7 @@ async fn proxy_to_tenant(
         context.record.answer = Answer::WebSocket;
     }
     let guard: proxy::Guard = if websocket && tenant.track_websockets {
-        Box::new((lease.websocket(), lease))
+        Box::new((lease.websocket(), lease, app.fly.idle.track()))
     } else {
         Box::new(lease)
     };
@@ -395,6 +499,7 @@ async fn proxy_to_tenant(
         trust_proxy: context.snapshot.config.server.trust_proxy,
     };
     let host = request.headers().get(HOST).cloned();
+    let body_limit = request.extensions().get::<limits::BodyLimit>().cloned();
     let target = Forward {
         scheme: Scheme::HTTP,
         authority,
@@ -406,6 +511,17 @@ async fn proxy_to_tenant(
     match proxy::forward(&app.client, request, target).await {
         Ok(response) => response,
         Err(error) => {
+            if let Some(status) = body_limit.and_then(|limit| limit.failure_status()) {
+                // The client's body failed, not the tenant.
+                debug!(tenant = %tenant.name, request_id = ?context.request_id, error = %error, "request body failed while proxying");
+                context.record.answer = Answer::Error;
+                let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    "413 the request body is larger than this server accepts"
+                } else {
+                    "400 the request body could not be read"
+                };
+                return responses::text(status, message);
+            }
             let status = match error {
                 ProxyError::InvalidTarget(_) => StatusCode::BAD_REQUEST,
                 _ => StatusCode::BAD_GATEWAY,

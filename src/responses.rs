@@ -11,7 +11,7 @@ const HTML: HeaderValue = HeaderValue::from_static("text/html; charset=utf-8");
 const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
-/// A short plain-text response, e.g. `400 Bad Request: invalid path`.
+/// Builds a short plain-text response, e.g. `400 Bad Request: invalid path`.
 pub fn text(status: StatusCode, message: &str) -> Response<Body> {
     let mut response = Response::new(body::full(format!("{message}\n")));
     *response.status_mut() = status;
@@ -20,7 +20,7 @@ pub fn text(status: StatusCode, message: &str) -> Response<Body> {
     response
 }
 
-/// A small HTML error page with a title and one explanatory sentence.
+/// Builds a small HTML error page with a title and one explanatory sentence.
 pub fn error_page(status: StatusCode, detail: &str) -> Response<Body> {
     let reason = status.canonical_reason().unwrap_or("Error");
     let html = format!(
@@ -50,7 +50,7 @@ pub fn bad_request(reason: &str) -> Response<Body> {
     )
 }
 
-/// A redirect to `location`.
+/// Builds a redirect to `location`.
 pub fn redirect(status: StatusCode, location: &str) -> Response<Body> {
     let mut response = Response::new(body::empty());
     *response.status_mut() = status;
@@ -74,7 +74,7 @@ pub const BUILTIN_MAINTENANCE_PAGE: &str = "<!DOCTYPE html>\n<html><head><meta c
 <meta http-equiv=\"refresh\" content=\"5\"><title>503 Service Unavailable</title></head>\n\
 <body><h1>Starting up or under maintenance</h1><p>This page will retry in a few seconds.</p></body></html>\n";
 
-/// The maintenance page: 503, `Retry-After`, never cached.
+/// Builds the maintenance page response: 503, `Retry-After`, never cached.
 pub fn maintenance(page: Option<Bytes>, retry_after_secs: u64) -> Response<Body> {
     let body = page.unwrap_or_else(|| Bytes::from_static(BUILTIN_MAINTENANCE_PAGE.as_bytes()));
     let mut response = Response::new(body::full(body));

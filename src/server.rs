@@ -1,5 +1,7 @@
 //! The listener: accepts connections, serves HTTP/1.1 and HTTP/2 (prior
-//! knowledge) on each, and shuts down gracefully.
+//! knowledge) on each, and shuts down gracefully. Connections outlive the
+//! listener that accepted them, so a reload can rebind without dropping
+//! any.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,13 +10,13 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
 use crate::app::App;
 use crate::config::units::Listen;
+use crate::connection;
 use crate::pipeline::{self, Connection};
 
 /// Binds `listen`. A port without a host binds every IPv6 and IPv4
@@ -34,42 +36,112 @@ pub async fn bind(listen: &Listen) -> std::io::Result<TcpListener> {
         .unwrap_or_else(|| std::io::Error::other(format!("no address to bind for {listen}"))))
 }
 
-/// Accepts connections until `shutdown` turns true, then lets open
-/// connections finish their requests for up to `grace`.
+/// The open connections of every listener. Listeners come and go (a
+/// reload may rebind), but connections outlive the listener that accepted
+/// them, so shutdown closes and waits for them here.
+pub struct Connections {
+    /// Turns true when every connection should finish its request in
+    /// flight and close.
+    closing: watch::Sender<bool>,
+    /// Number of open connections.
+    open: watch::Sender<usize>,
+}
+
+impl Connections {
+    pub fn new() -> Arc<Connections> {
+        Arc::new(Connections {
+            closing: watch::Sender::new(false),
+            open: watch::Sender::new(0),
+        })
+    }
+
+    pub fn open(&self) -> usize {
+        *self.open.borrow()
+    }
+
+    /// Asks every connection to close once its response in flight is sent
+    /// (hyper's graceful shutdown), and waits until all are closed or
+    /// `grace` passed. Returns the number still open.
+    pub async fn close_all(&self, grace: Duration) -> usize {
+        self.closing.send_replace(true);
+        let mut open = self.open.subscribe();
+        let all_closed = open.wait_for(|count| *count == 0);
+        if tokio::time::timeout(grace, all_closed).await.is_err() {
+            let left = self.open();
+            warn!(
+                grace_ms = grace.as_millis() as u64,
+                open = left,
+                "connections still open after the shutdown timeout"
+            );
+            return left;
+        }
+        debug!("all connections closed");
+        0
+    }
+
+    fn track(self: &Arc<Self>) -> ConnectionGuard {
+        self.open.send_modify(|count| *count += 1);
+        ConnectionGuard(self.clone())
+    }
+}
+
+/// Counts one open connection until dropped.
+struct ConnectionGuard(Arc<Connections>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.open.send_modify(|count| *count -= 1);
+    }
+}
+
+/// Accepts connections on `listener` until `stop_accepting` turns true,
+/// then closes the listener and returns. The connections it accepted go
+/// on under `connections`.
 pub async fn serve(
     app: Arc<App>,
     listener: TcpListener,
     tls: bool,
-    mut shutdown: watch::Receiver<bool>,
+    mut stop_accepting: watch::Receiver<bool>,
+    connections: Arc<Connections>,
 ) {
     let limits = app.snapshot().config.server.limits.clone();
-    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1) as usize));
-    let graceful = GracefulShutdown::new();
+    // NOTE: the limit is per listener and read when it opens; a reload
+    // changes it only together with a new listen address.
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1) as usize));
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    let header_read_timeout = limits.header_read_timeout.get();
+    let idle_timeout = limits.idle_connection_timeout.get();
+    // hyper answers 431 to a head larger than its read buffer, which has
+    // a floor of 8 KiB. Its header timer also runs while an idle
+    // keep-alive connection waits for the next request, so HTTP/1.1
+    // connections idle for `header_read_timeout` close too.
+    let max_header_bytes = (limits.max_header_bytes.0 as usize).max(8192);
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout.get())
-        .max_buf_size((limits.max_header_bytes.0 as usize).max(8192))
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(max_header_bytes)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(250)
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(60)));
     let builder = Arc::new(builder);
 
-    if let Ok(address) = listener.local_addr() {
+    let address = listener.local_addr().ok();
+    if let Some(address) = address {
         info!(%address, tls, "listening");
     }
 
     loop {
         let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => match permit {
+            permit = permits.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break,
             },
-            _ = stopped(&mut shutdown) => break,
+            _ = stopped(&mut stop_accepting) => break,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -81,7 +153,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = stopped(&mut shutdown) => break,
+            _ = stopped(&mut stop_accepting) => break,
         };
         let _ = stream.set_nodelay(true);
         let connection = Connection {
@@ -89,35 +161,67 @@ pub async fn serve(
             tls,
         };
         let app = app.clone();
-        let service = service_fn(move |request| {
-            let app = app.clone();
-            async move {
-                Ok::<_, std::convert::Infallible>(pipeline::handle(app, connection, request).await)
-            }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let guard = connections.track();
+        let mut closing = guard.0.closing.subscribe();
         tokio::spawn(async move {
-            if let Err(error) = conn.await {
+            // A client that never sends a byte would otherwise hold its
+            // connection slot: the protocol detection has no deadline.
+            if !connection::first_byte(&stream, header_read_timeout).await {
+                debug!(peer = %connection.peer, "no request within the header read timeout; closing");
+                drop(permit);
+                drop(guard);
+                return;
+            }
+            let activity = connection::Activity::new();
+            let service = {
+                let activity = activity.clone();
+                service_fn(move |request| {
+                    let app = app.clone();
+                    let in_flight = activity.request_started();
+                    async move {
+                        let response = pipeline::handle(app, connection, request).await;
+                        let (parts, body) = response.into_parts();
+                        let body = connection::hold_until_sent(body, in_flight);
+                        Ok::<_, std::convert::Infallible>(http::Response::from_parts(parts, body))
+                    }
+                })
+            };
+            let io = TokioIo::new(connection::TrackedIo::new(stream, activity.clone()));
+            let conn = builder.serve_connection_with_upgrades(io, service);
+            tokio::pin!(conn);
+            let finished = tokio::select! {
+                result = conn.as_mut() => Some(result),
+                _ = stopped(&mut closing) => None,
+                _ = connection::watch_idle(activity, idle_timeout) => {
+                    debug!(peer = %connection.peer, idle_secs = idle_timeout.as_secs(), "closing an idle connection");
+                    None
+                }
+            };
+            let result = match finished {
+                Some(result) => result,
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(error) = result {
                 debug!(peer = %connection.peer, error = %error, "connection ended with an error");
             }
             drop(permit);
+            drop(guard);
         });
     }
 
     drop(listener);
-    let grace = limits.shutdown_timeout.get();
-    tokio::select! {
-        _ = graceful.shutdown() => debug!("all connections closed"),
-        _ = tokio::time::sleep(grace) => warn!(grace_secs = grace.as_secs(), "connections still open after the shutdown timeout"),
+    if let Some(address) = address {
+        info!(%address, "stopped accepting connections");
     }
 }
 
-/// Resolves once `shutdown` turns true (or its sender is gone).
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
+/// Resolves once `signal` turns true (or its sender is gone).
+async fn stopped(signal: &mut watch::Receiver<bool>) {
+    let _ = signal.wait_for(|stop| *stop).await;
 }
 
 /// Maps IPv4-mapped IPv6 peers (`::ffff:1.2.3.4`) on a dual-stack socket

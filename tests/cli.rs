@@ -127,3 +127,16 @@ fn unknown_option_is_usage_error() {
     let (code, _, _) = run(&["--no-such-option"], dir.path());
     assert_eq!(code, 2);
 }
+
+#[test]
+fn shipped_configs_pass_check() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for config in [
+        "config/showcase.toml",
+        "examples/puma.toml",
+        "config/navigator-maintenance.toml",
+    ] {
+        let (code, stdout, stderr) = run(&["check", config], root);
+        assert_eq!(code, 0, "{config}: {stderr}{stdout}");
+    }
+}

@@ -60,6 +60,9 @@ fn make_pki() -> Pki {
     let certificate = params.signed_by(&server_key, &ca).unwrap();
     let chain = vec![CertificateDer::from(certificate.der().to_vec())];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der()));
+    // The ring provider, as navigator's client uses (deprecated in rustls
+    // 0.23.48 for lacking post-quantum key exchange).
+    #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -564,4 +567,39 @@ async fn websocket_echo(address: SocketAddr, path: &str, payload: &'static [u8])
     })
     .await
     .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_body_over_limit_gets_413() {
+    let upstream = start_upstream(None).await;
+    let port = upstream.address.port();
+    let navigator = start_navigator(
+        &format!(
+            r#"
+[[routes.reverse_proxies]]
+prefix = "/up/"
+target = "http://127.0.0.1:{port}/"
+"#
+        ),
+        "[server.limits]\nmax_body_bytes = 1024\n",
+    );
+
+    let small = request(&navigator, "POST", "/up/form", &[], b"name=x").await;
+    assert_eq!(small.status, 200);
+
+    // A chunked body declares no length, so it is cut off while streaming.
+    let chunk = "x".repeat(4096);
+    let raw = format!(
+        "POST /up/form HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len()
+    );
+    let address = navigator.address;
+    let answer = tokio::task::spawn_blocking(move || {
+        support::raw_exchange(address, raw.as_bytes(), Duration::from_secs(15))
+    })
+    .await
+    .unwrap();
+    let response = support::parse_response(&answer, false).expect("a response");
+    assert_eq!(response.status, 413, "{}", response.text());
 }

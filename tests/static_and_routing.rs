@@ -232,3 +232,53 @@ fn access_log_records_each_request() {
         "{line}"
     );
 }
+
+#[test]
+fn h2c_prior_knowledge_served() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let navigator = showcase_with_routes(false);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, version, body) = runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(navigator.address)
+            .await
+            .unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let request = http::Request::get(format!("http://{}/showcase/studios/", navigator.address))
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status();
+        let version = response.version();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, version, body)
+    });
+    assert_eq!(status, 200);
+    assert_eq!(version, http::Version::HTTP_2);
+    assert_eq!(&body[..], b"<h1>studios</h1>\n");
+}
+
+#[test]
+fn h2c_upgrade_header_not_honoured() {
+    let navigator = showcase_with_routes(false);
+    let response = navigator.request(
+        "GET",
+        "/showcase/studios/",
+        &[
+            ("Connection", "Upgrade, HTTP2-Settings"),
+            ("Upgrade", "h2c"),
+            ("HTTP2-Settings", "AAMAAABkAAQAAP__"),
+        ],
+        b"",
+    );
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "<h1>studios</h1>\n");
+}

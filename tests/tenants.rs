@@ -155,29 +155,23 @@ fn exited_tenant_restarts_on_next_request() {
 fn never_ready_tenant_gets_maintenance_then_backoff() {
     let navigator = start_showcase(&Showcase {
         tenant_env: vec![("DEMO_NEVER_LISTEN".into(), "1".into())],
+        startup_timeout: "300ms",
         applications: "ready_timeout = \"1s\"".into(),
         ..Showcase::default()
     });
-    // Each request waits through the failed start (ready_timeout 1 s)
-    // and gets 502.
-    let scope = event_scope(5);
-    let path = format!("/showcase/{scope}/");
+    let path = format!("/showcase/{}/", event_scope(5));
     let first = navigator.get(&path);
-    assert!(
-        first.status == 503 || first.status == 502,
-        "status {} body {}",
-        first.status,
-        first.text()
-    );
+    assert_eq!(first.status, 503, "{}", first.text());
+    assert!(first.header("retry-after").is_some());
 
-    // Keep asking for a few seconds: with a 1 s readiness deadline and a
-    // backoff of 1 s, 2 s, 4 s... between attempts, a tight loop would
-    // start dozens of processes; backoff allows only a handful.
+    // Keep asking for a few seconds. Each start fails after the 1 s
+    // readiness deadline and the next waits 1 s, 2 s, 4 s...: a tight loop
+    // would start dozens of processes, backoff allows only a handful.
     let started = std::time::Instant::now();
     let mut statuses = Vec::new();
     while started.elapsed() < Duration::from_secs(6) {
         statuses.push(navigator.get(&path).status);
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
     assert!(
         statuses.iter().all(|s| *s == 502 || *s == 503),
@@ -300,4 +294,126 @@ fn websocket_upgrade_tunnels_to_tenant() {
     let mut echoed = [0u8; 23];
     stream.read_exact(&mut echoed).unwrap();
     assert_eq!(&echoed, b"ping through the tunnel");
+}
+
+#[test]
+fn client_gone_while_waiting_logged_499() {
+    use std::io::Write;
+    let navigator = start_showcase(&Showcase {
+        tenant_env: vec![("DEMO_BOOT_DELAY_MS".into(), "2000".into())],
+        ..Showcase::default()
+    });
+    let path = format!("/showcase/{}/gone", event_scope(8));
+    let mut stream = std::net::TcpStream::connect(navigator.address).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: impatient\r\n\r\n"
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(stream);
+    let line = navigator
+        .logs
+        .wait_for("impatient", Duration::from_secs(10))
+        .expect("access log line for the abandoned request");
+    assert!(line.contains("status=499"), "{line}");
+}
+
+#[test]
+fn stale_pidfile_removed_before_spawn() {
+    let dir = tempfile::tempdir().unwrap();
+    support::write_public_tree(dir.path());
+    let scope = event_scope(9);
+    let database = scope.replace('/', "-");
+    std::fs::create_dir_all(dir.path().join("pids")).unwrap();
+    // A pid that cannot belong to a live process: the exited child below.
+    let mut exited = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = exited.id();
+    exited.wait().unwrap();
+    let pidfile = dir.path().join(format!("pids/{database}.pid"));
+    std::fs::write(&pidfile, format!("{dead_pid}\n")).unwrap();
+
+    let navigator = support::Navigator::start_in(dir, &Showcase::default().toml(), &[]);
+    let body = json_get(&navigator, &format!("/showcase/{scope}/"));
+    let pid = body["pid"].as_u64().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        pid.to_string()
+    );
+}
+
+#[test]
+fn foreign_live_pidfile_not_signalled() {
+    let dir = tempfile::tempdir().unwrap();
+    support::write_public_tree(dir.path());
+    let scope = event_scope(10);
+    let database = scope.replace('/', "-");
+    std::fs::create_dir_all(dir.path().join("pids")).unwrap();
+    let mut foreign = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    std::fs::write(
+        dir.path().join(format!("pids/{database}.pid")),
+        format!("{}\n", foreign.id()),
+    )
+    .unwrap();
+
+    let navigator = support::Navigator::start_in(dir, &Showcase::default().toml(), &[]);
+    let response = navigator.get(&format!("/showcase/{scope}/"));
+    assert_eq!(response.status, 502, "{}", response.text());
+    assert!(
+        process_alive(foreign.id() as i32),
+        "a process that is not the tenant's was signalled"
+    );
+    foreign.kill().unwrap();
+    foreign.wait().unwrap();
+}
+
+#[test]
+fn shutdown_lets_requests_in_flight_finish() {
+    let mut navigator = start_showcase(&Showcase::default());
+    let scope = event_scope(11);
+    json_get(&navigator, &format!("/showcase/{scope}/"));
+    let address = navigator.address;
+    let slow = std::thread::spawn(move || {
+        support::http_request(
+            address,
+            "GET",
+            &format!("/showcase/{scope}/slow?ms=1500"),
+            &[],
+            b"",
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(navigator.stop(), Some(0));
+    let response = slow.join().unwrap();
+    assert_eq!(response.status, 200);
+}
+
+#[test]
+fn json_log_format_has_fields() {
+    let navigator = start_showcase(&Showcase {
+        extra: "\n[logging]\nformat = \"json\"\n".into(),
+        ..Showcase::default()
+    });
+    json_get(&navigator, &format!("/showcase/{}/", event_scope(0)));
+    let access = navigator
+        .logs
+        .wait_for("\"answer\":\"proxy\"", Duration::from_secs(5))
+        .expect("JSON access record");
+    let record: serde_json::Value = serde_json::from_str(&access).unwrap();
+    assert_eq!(record["status"], 200);
+    assert_eq!(record["method"], "GET");
+    assert!(
+        record["request_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty())
+    );
+    let output = navigator
+        .logs
+        .wait_for("\"stream\":\"stdout\"", Duration::from_secs(5))
+        .expect("JSON tenant output record");
+    let record: serde_json::Value = serde_json::from_str(&output).unwrap();
+    assert_eq!(record["tenant"], event_scope(0));
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
+use crate::auth::AccessControl;
 use crate::config::schema::{BotDetection, CgiScript, Config};
 use crate::config::{ConfigErrors, EnvLookup, Loaded};
 use crate::static_files::StaticFiles;
@@ -58,7 +59,10 @@ pub struct Snapshot {
     pub maintenance_page: String,
     pub path_rules: PathRules,
     pub replay: ReplayRules,
+    pub fly: crate::fly::FlyRoutes,
     pub auth: AuthRules,
+    /// The public-path matchers and the htpasswd file built from `auth`.
+    pub access: AccessControl,
     pub reverse_proxies: Vec<ProxyRoute>,
     /// The pooled client for reverse proxy targets; trusts the public web
     /// roots plus `routes.tls_ca_file`.
@@ -148,7 +152,19 @@ impl Snapshot {
 
         let path_rules = PathRules::compile(&loaded, &mut errors);
         let replay = ReplayRules::compile(&loaded, &mut errors);
+        let fly = crate::fly::FlyRoutes::compile(&loaded, &mut errors);
         let auth = AuthRules::compile(&loaded, &mut errors);
+        let access = AccessControl::compile(&loaded, &auth, &mut errors);
+        let bots_enabled = server.bot_detection.enabled
+            || config.applications.tenants.iter().any(|tenant| {
+                tenant
+                    .bot_detection
+                    .as_ref()
+                    .is_some_and(|bots| bots.enabled)
+            });
+        if bots_enabled {
+            crate::bots::warm_up();
+        }
         let reverse_proxies = rules::compile_reverse_proxies(&loaded, &mut errors);
         let ca_file = config.routes.tls_ca_file.as_deref();
         let reverse_proxy_client = match crate::reverse_proxy::new_client(ca_file) {
@@ -211,7 +227,9 @@ impl Snapshot {
             maintenance_page: config.maintenance.page.clone(),
             path_rules,
             replay,
+            fly,
             auth,
+            access,
             reverse_proxies,
             reverse_proxy_client,
             cgi,

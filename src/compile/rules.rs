@@ -205,7 +205,8 @@ impl PathRules {
         rules
     }
 
-    /// The first redirect matching `path` and `method`, with its location.
+    /// Finds the first redirect matching `path` and `method` and returns it
+    /// with its location.
     pub fn redirect(&self, path: &str, method: &Method) -> Option<(&RedirectRule, String)> {
         let candidates = self.redirect_set.as_ref()?.matches(path);
         if !candidates.matched_any() {
@@ -245,7 +246,7 @@ pub fn expand_captures(regex: &Regex, subject: &str, template: &str) -> String {
     out
 }
 
-/// Where a matching request is replayed.
+/// The destination of a replayed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplayTarget {
     Region(String),
@@ -324,7 +325,7 @@ impl ReplayRules {
         ReplayRules { rules, set }
     }
 
-    /// The first rule matching `path` and `method`.
+    /// Finds the first rule matching `path` and `method`.
     pub fn find(&self, path: &str, method: &Method) -> Option<&ReplayRule> {
         let matches = self.set.as_ref()?.matches(path);
         matches
@@ -334,7 +335,7 @@ impl ReplayRules {
     }
 }
 
-/// What an `auth_patterns` entry does to matching paths.
+/// The effect of an `auth_patterns` entry on matching paths.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthAction {
     Public,
@@ -404,7 +405,7 @@ impl AuthRules {
     }
 }
 
-/// How a reverse proxy route matches.
+/// The matcher of a reverse proxy route.
 #[derive(Debug)]
 pub enum ProxyMatch {
     Regex(Regex),

@@ -29,7 +29,7 @@ pub struct LaunchSpec {
 }
 
 impl LaunchSpec {
-    /// The value of `name` in the tenant's own variables.
+    /// Returns the value of `name` in the tenant's own variables.
     pub fn env_var(&self, name: &str) -> Option<&str> {
         self.env
             .iter()
@@ -106,9 +106,9 @@ impl TenantIndex {
         }
     }
 
-    /// The tenant whose path is the longest prefix of `path` (a canonical
-    /// path). Only prefixes that end at a `/` count, so `/2025/bos` never
-    /// matches the tenant `/2025/boston/`.
+    /// Finds the tenant whose path is the longest prefix of `path` (a
+    /// canonical path). Only prefixes that end at a `/` count, so `/2025/bos`
+    /// never matches the tenant `/2025/boston/`.
     pub fn find(&self, path: &str) -> Option<&Arc<TenantSpec>> {
         let bytes = path.as_bytes();
         let mut depth = 0;
@@ -148,7 +148,7 @@ impl TenantIndex {
         self.tenants.is_empty()
     }
 
-    /// Whether `path` is a tenant path without its final `/`.
+    /// Returns whether `path` is a tenant path without its final `/`.
     pub fn is_path_without_slash(&self, path: &str) -> bool {
         if path.ends_with('/') {
             return false;

@@ -488,7 +488,7 @@ pub struct Tenant {
 }
 
 /// `managed_processes[]`: helper processes that live as long as navigator.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ManagedProcess {
     pub name: String,
@@ -645,9 +645,35 @@ pub struct Hook {
 #[serde(deny_unknown_fields, default)]
 pub struct Logging {
     pub format: LogFormat,
+    /// Lowest level logged; when set it wins over `LOG_LEVEL` and
+    /// `RUST_LOG`, and a reload can change it.
+    pub level: Option<LogLevel>,
     /// Also append records here; `{{app}}` makes one file per tenant.
     pub file: Option<String>,
     pub vector: Vector,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    #[serde(alias = "warning")]
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

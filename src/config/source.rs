@@ -203,9 +203,9 @@ fn yaml_pos(span: &Span) -> Pos {
     }
 }
 
-/// Builds the tree from the YAML parser's events. Anchors and aliases are
-/// resolved by copying the anchored node; a key given twice in one mapping
-/// is an error, as silently keeping one of them would hide a bug.
+/// Builds the tree from the YAML parser's events. Aliases are resolved by
+/// copying the anchored node. A key given twice in one mapping is an error,
+/// because silently keeping one of them would hide a bug.
 fn parse_yaml(text: &str) -> Result<Node, SyntaxError> {
     let mut builder = YamlBuilder::default();
     for event in Parser::new_from_str(text) {
@@ -468,7 +468,8 @@ impl Positions {
         }
     }
 
-    /// The position of `path`, or of its nearest ancestor present in the file.
+    /// Returns the position of `path`, or of its nearest ancestor present in
+    /// the file.
     pub fn find(&self, path: &str) -> Pos {
         let mut current = path;
         loop {

@@ -25,6 +25,19 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
+/// Headers by which a client could claim another address, scheme, host,
+/// port or path prefix (Rack and Rails read them). They pass upstream only
+/// with `trust_proxy`.
+const UNTRUSTED_FORWARDING: [&str; 7] = [
+    "forwarded",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-real-ip",
+    "client-ip",
+];
+
 /// Facts about the client connection that upstream headers carry.
 #[derive(Debug, Clone, Copy)]
 pub struct Forwarding {
@@ -33,7 +46,7 @@ pub struct Forwarding {
     pub trust_proxy: bool,
 }
 
-/// Whether the request asks for a WebSocket upgrade; other upgrade
+/// Returns whether the request is a WebSocket upgrade. Other upgrade
 /// protocols (`h2c` above all) are never honoured.
 pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
     let upgrade = headers
@@ -93,20 +106,24 @@ pub fn prepare_request(
         }
     }
 
+    if !forwarding.trust_proxy {
+        for name in UNTRUSTED_FORWARDING {
+            headers.remove(name);
+        }
+    }
+
     let peer = HeaderValue::from_str(&forwarding.peer.to_string())
         .unwrap_or(HeaderValue::from_static("unknown"));
-    let forwarded_for = match headers
-        .get(X_FORWARDED_FOR)
-        .filter(|_| forwarding.trust_proxy)
-    {
-        Some(existing) => {
-            let mut chain = existing.as_bytes().to_vec();
+    // Several `X-Forwarded-For` lines form one list, in order.
+    let mut chain = Vec::new();
+    if forwarding.trust_proxy {
+        for existing in headers.get_all(X_FORWARDED_FOR) {
+            chain.extend_from_slice(existing.as_bytes());
             chain.extend_from_slice(b", ");
-            chain.extend_from_slice(peer.as_bytes());
-            HeaderValue::from_bytes(&chain).unwrap_or(peer)
         }
-        None => peer,
-    };
+    }
+    chain.extend_from_slice(peer.as_bytes());
+    let forwarded_for = HeaderValue::from_bytes(&chain).unwrap_or(peer);
     headers.insert(X_FORWARDED_FOR, forwarded_for);
 
     if !(forwarding.trust_proxy && headers.contains_key(X_FORWARDED_PROTO)) {
@@ -212,6 +229,41 @@ mod tests {
         assert_eq!(headers[X_FORWARDED_FOR], "1.2.3.4, 10.0.0.7");
         assert_eq!(headers[X_FORWARDED_PROTO], "https");
         assert_eq!(headers[X_FORWARDED_HOST], "spoofed.test");
+    }
+
+    #[test]
+    fn forwarded_for_lines_joined_when_trusted() {
+        let mut headers = request_headers();
+        headers.append(X_FORWARDED_FOR, HeaderValue::from_static("5.6.7.8"));
+        prepare_request(
+            &mut headers,
+            None,
+            forwarding(true),
+            &HeaderValue::from_static("id"),
+            false,
+        );
+        assert_eq!(headers[X_FORWARDED_FOR], "1.2.3.4, 5.6.7.8, 10.0.0.7");
+        assert_eq!(headers.get_all(X_FORWARDED_FOR).iter().count(), 1);
+    }
+
+    #[test]
+    fn spoofable_forwarding_headers_need_trust() {
+        for trust_proxy in [false, true] {
+            let mut headers = request_headers();
+            for name in UNTRUSTED_FORWARDING {
+                headers.insert(name, HeaderValue::from_static("spoofed"));
+            }
+            prepare_request(
+                &mut headers,
+                None,
+                forwarding(trust_proxy),
+                &HeaderValue::from_static("id"),
+                false,
+            );
+            for name in UNTRUSTED_FORWARDING {
+                assert_eq!(headers.contains_key(name), trust_proxy, "{name}");
+            }
+        }
     }
 
     #[test]

@@ -76,8 +76,8 @@ pub struct Forward<'a> {
     pub guard: Guard,
 }
 
-/// Sends `request` upstream and returns the upstream's response. A
-/// WebSocket upgrade answered with 101 becomes a tunnel task that copies
+/// Sends `request` upstream and returns the upstream's response. When the
+/// upstream accepts a WebSocket upgrade with 101, a tunnel task copies
 /// bytes both ways until either side closes.
 pub async fn forward(
     client: &Client,
@@ -115,7 +115,7 @@ pub async fn forward(
     let body: Body = if websocket {
         crate::body::empty()
     } else {
-        body.map_err(|e| Box::new(e) as BoxError).boxed()
+        crate::limits::limit_request_body(body, &parts.extensions)
     };
 
     let mut response = client
@@ -173,7 +173,7 @@ pub(crate) async fn run_tunnel(
     }
 }
 
-/// The error and its sources on one line.
+/// Formats the error and its sources on one line.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();

@@ -32,6 +32,7 @@ use tracing::{debug, warn};
 use crate::access_log::Answer;
 use crate::body::{self, Body, BoxError};
 use crate::compile::rules::{ProxyMatch, ProxyRoute};
+use crate::limits;
 use crate::pipeline::{RequestContext, encode_path};
 use crate::proxy::{self, headers};
 use crate::responses;
@@ -71,6 +72,10 @@ pub fn new_client(ca_file: Option<&Path>) -> Result<Client, String> {
             })?;
         }
     }
+    // NOTE: rustls 0.23.48 deprecates the ring provider because it lacks
+    // post-quantum key exchange. It is kept so that the build needs no C
+    // toolchain for aws-lc; upstream TLS uses classical X25519 or ECDHE.
+    #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -226,10 +231,11 @@ pub async fn serve(
     );
 
     let replayable = matches!(parts.method, Method::GET | Method::HEAD) && body.is_end_stream();
+    let body_limit = parts.extensions.get::<limits::BodyLimit>().cloned();
     let result = if replayable || websocket {
         send_with_retry(client, &parts.method, &uri, &parts.headers).await
     } else {
-        let body: Body = body.map_err(|e| Box::new(e) as BoxError).boxed();
+        let body = limits::limit_request_body(body, &parts.extensions);
         send(
             client,
             parts.method.clone(),
@@ -243,6 +249,17 @@ pub async fn serve(
     let mut response = match result {
         Ok(response) => response,
         Err(error) => {
+            if let Some(status) = body_limit.and_then(|limit| limit.failure_status()) {
+                // The client's body failed, not the upstream.
+                debug!(route = %route.name, request_id = ?context.request_id, error = %proxy::error_chain(&error), "request body failed while proxying");
+                context.record.answer = Answer::Error;
+                let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    "413 the request body is larger than this server accepts"
+                } else {
+                    "400 the request body could not be read"
+                };
+                return responses::text(status, message);
+            }
             warn!(
                 route = %route.name,
                 target = %uri,

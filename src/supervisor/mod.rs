@@ -1,5 +1,7 @@
 //! Process-level building blocks for running tenants and managed processes.
 
+pub mod cgroup;
+pub mod identity;
 pub mod output;
 pub mod pidfile;
 pub mod ports;

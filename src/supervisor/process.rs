@@ -8,19 +8,22 @@
 //! request channel for as long as navigator runs and so only exits with the
 //! process, which is when the signal is meant to fire.
 
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::unistd::{Gid, Pid, Uid};
 use tokio::runtime::Handle;
 
+use super::identity::{self, Identity};
 use super::output::{self, OutputCapture, OutputSink};
 
 /// Time `wait` and `stop` give the output readers to reach end of file
@@ -29,7 +32,8 @@ use super::output::{self, OutputCapture, OutputSink};
 /// that survived, keeps the pipes open.
 const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_millis(250);
 
-/// Program, arguments, working directory and environment of a child.
+/// Program, arguments, working directory, environment and isolation of a
+/// child.
 #[derive(Debug, Clone, Default)]
 pub struct SpawnSpec {
     /// Name of the child in logs, e.g. the tenant name `2025/boston` or a
@@ -41,6 +45,17 @@ pub struct SpawnSpec {
     pub cwd: Option<PathBuf>,
     /// Variables set on top of navigator's own inherited environment.
     pub env: Vec<(String, String)>,
+    /// User the child runs as, a name or a numeric uid. Applied only when
+    /// navigator runs as root; otherwise a warning is logged once and the
+    /// child keeps navigator's user. `HOME`, `USER` and `LOGNAME` are set
+    /// from the user's passwd entry unless `env` sets them.
+    pub user: Option<String>,
+    /// Group the child runs as, a name or a numeric gid; default: the
+    /// user's primary group. Supplementary groups are always cleared.
+    pub group: Option<String>,
+    /// Directory of a cgroup (v1 or v2) the child joins before exec, for
+    /// example [`super::cgroup::TenantCgroup::path`].
+    pub cgroup: Option<PathBuf>,
 }
 
 /// A running or exited child, leader of its own process group.
@@ -61,14 +76,44 @@ pub struct ChildProcess {
 /// into `output`.
 ///
 /// The child runs in a new process group whose id is its pid, and gets
-/// SIGTERM when navigator dies. Must be called inside a tokio runtime, which
-/// then owns the child's reaping and output tasks. Blocks the calling
+/// SIGTERM when navigator dies. Before exec it joins `spec.cgroup` and
+/// switches to `spec.user`/`spec.group`. Must be called inside a tokio
+/// runtime, which then owns the child's reaping and output tasks. Blocks the calling
 /// thread until the spawner thread has forked and the child has exec'd,
 /// as `std::process::Command::spawn` does.
 ///
-/// The error names the program and the working directory, e.g.
-/// "failed to start `bin/rails` in /rails: No such file or directory".
+/// The error names the program and the working directory, plus the user
+/// and cgroup when set, e.g. "failed to start `bin/rails` in /rails: No
+/// such file or directory". An unknown user or group fails here, before
+/// fork, with a message that names it.
 pub fn spawn(spec: &SpawnSpec, output: OutputSink) -> io::Result<ChildProcess> {
+    spawn_with(spec, output, false).map(|(child, _)| child)
+}
+
+/// The standard input and output of a child started by [`spawn_piped`].
+pub struct Pipes {
+    pub stdin: tokio::process::ChildStdin,
+    pub stdout: tokio::process::ChildStdout,
+}
+
+/// Starts `spec` like [`spawn`], but hands its stdin and stdout to the
+/// caller instead of `/dev/null` and the log; only stderr goes to `output`.
+/// The child inherits nothing of navigator's environment: `spec.env` is
+/// all it gets. For programs that speak a protocol on those streams and
+/// whose environment must hold only what the caller vouches for, such as
+/// CGI scripts.
+pub fn spawn_piped(spec: &SpawnSpec, output: OutputSink) -> io::Result<(ChildProcess, Pipes)> {
+    let (child, pipes) = spawn_with(spec, output, true)?;
+    let pipes = pipes
+        .ok_or_else(|| io::Error::other(format!("`{}` started without pipes", spec.program)))?;
+    Ok((child, pipes))
+}
+
+fn spawn_with(
+    spec: &SpawnSpec,
+    output: OutputSink,
+    piped: bool,
+) -> io::Result<(ChildProcess, Option<Pipes>)> {
     let runtime = Handle::try_current().map_err(|_| {
         io::Error::other(format!(
             "failed to start `{}`: spawn must be called inside a tokio runtime",
@@ -76,27 +121,62 @@ pub fn spawn(spec: &SpawnSpec, output: OutputSink) -> io::Result<ChildProcess> {
         ))
     })?;
 
+    // Everything that allocates, reads files or may fail with a message
+    // happens here, before fork; the child only makes system calls.
+    let identity = child_identity(spec)?;
+    let cgroup_procs = match &spec.cgroup {
+        Some(dir) => Some(open_cgroup_procs(dir, &spec.program)?),
+        None => None,
+    };
+
     let mut command = tokio::process::Command::new(&spec.program);
     command
         .args(&spec.args)
         .envs(spec.env.iter().map(|(name, value)| (name, value)))
-        .stdin(Stdio::null())
+        .stdin(if piped { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Backstop for a leader that outlives its ChildProcess; Drop below
         // also kills the rest of the group.
         .kill_on_drop(true);
+    if piped {
+        command.env_clear();
+        command.envs(spec.env.iter().map(|(name, value)| (name, value)));
+    }
     if let Some(cwd) = &spec.cwd {
         command.current_dir(cwd);
     }
+    if let Some(account) = identity
+        .as_ref()
+        .and_then(|identity| identity.account.as_ref())
+    {
+        for (name, value) in [
+            ("HOME", account.home.as_os_str()),
+            ("USER", account.name.as_ref()),
+            ("LOGNAME", account.name.as_ref()),
+        ] {
+            if !spec.env.iter().any(|(set, _)| set == name) {
+                command.env(name, value);
+            }
+        }
+    }
+
     let parent = nix::unistd::getpid();
+    let setup = ChildSetup {
+        parent,
+        uid: identity.as_ref().and_then(|identity| identity.uid),
+        gid: identity.as_ref().map(|identity| identity.gid),
+        cgroup_procs,
+    };
     // SAFETY: the hook runs in the forked child before exec, where only
     // async-signal-safe functions may be called because other threads' locks
-    // may be held forever. `prepare_child` calls only setpgid, prctl and
-    // getppid through nix's thin wrappers, which neither allocate nor lock,
-    // and its error is a raw OS error, which does not allocate either.
+    // may be held forever. `prepare_child` calls only setpgid, getpid,
+    // write, setgroups, setgid, setuid, prctl and getppid through nix's thin
+    // wrappers, which neither allocate nor lock. It formats the pid into a
+    // stack buffer. Its error is a raw OS error, which does not allocate
+    // either. The cgroup file was opened before fork and is only borrowed.
     unsafe {
-        command.pre_exec(move || prepare_child(parent));
+        command.pre_exec(move || prepare_child(&setup));
     }
 
     let mut child = fork_on_spawner_thread(command, runtime).map_err(|error| {
@@ -104,9 +184,19 @@ pub fn spawn(spec: &SpawnSpec, output: OutputSink) -> io::Result<ChildProcess> {
             Some(cwd) => cwd.display().to_string(),
             None => "navigator's working directory".to_string(),
         };
+        let mut context = String::new();
+        if let Some(identity) = &identity {
+            context.push_str(&format!(" as {identity}"));
+        }
+        if let Some(cgroup) = &spec.cgroup {
+            context.push_str(&format!(" in cgroup {}", cgroup.display()));
+        }
         io::Error::new(
             error.kind(),
-            format!("failed to start `{}` in {cwd}: {error}", spec.program),
+            format!(
+                "failed to start `{}` in {cwd}{context}: {error}",
+                spec.program
+            ),
         )
     })?;
 
@@ -116,28 +206,128 @@ pub fn spawn(spec: &SpawnSpec, output: OutputSink) -> io::Result<ChildProcess> {
             spec.program
         ))
     })?;
-    let output = output::capture(output, child.stdout.take(), child.stderr.take());
+    let pipes = if piped {
+        match (child.stdin.take(), child.stdout.take()) {
+            (Some(stdin), Some(stdout)) => Some(Pipes { stdin, stdout }),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let stdout = if piped { None } else { child.stdout.take() };
+    let output = output::capture(output, stdout, child.stderr.take());
     tracing::info!(tenant = %spec.label, pid, program = %spec.program, "started process");
 
-    Ok(ChildProcess {
+    let child = ChildProcess {
         label: spec.label.clone(),
         pid,
         child,
         status: None,
         output,
+    };
+    Ok((child, pipes))
+}
+
+/// Resolves the spec's user and group, or returns `None` when the child
+/// keeps navigator's credentials: none are set, or navigator is not root.
+fn child_identity(spec: &SpawnSpec) -> io::Result<Option<Identity>> {
+    static NOT_ROOT_WARNED: AtomicBool = AtomicBool::new(false);
+
+    if spec.user.is_none() && spec.group.is_none() {
+        return Ok(None);
+    }
+    if !identity::can_switch() {
+        if !NOT_ROOT_WARNED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                tenant = %spec.label,
+                user = spec.user.as_deref().unwrap_or("-"),
+                group = spec.group.as_deref().unwrap_or("-"),
+                euid = nix::unistd::geteuid().as_raw(),
+                "navigator is not running as root, so children keep its user and group; \
+                 `user` and `group` are ignored (logged once)"
+            );
+        }
+        return Ok(None);
+    }
+    identity::resolve(spec.user.as_deref(), spec.group.as_deref()).map_err(|message| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("failed to start `{}`: {message}", spec.program),
+        )
     })
 }
 
+/// Opens the file a process writes its pid to in order to join the
+/// cgroup at `dir`; `cgroup.procs` exists in both cgroup v1 and v2.
+fn open_cgroup_procs(dir: &Path, program: &str) -> io::Result<File> {
+    let path = dir.join("cgroup.procs");
+    OpenOptions::new().write(true).open(&path).map_err(|error| {
+        io::Error::new(
+            error.kind(),
+            format!(
+                "failed to start `{program}`: cannot open {}: {error}",
+                path.display()
+            ),
+        )
+    })
+}
+
+/// Steps of the forked child before exec, prepared by the parent.
+struct ChildSetup {
+    parent: Pid,
+    uid: Option<Uid>,
+    /// Set when the child switches user or group.
+    gid: Option<Gid>,
+    /// `cgroup.procs` of the cgroup to join, opened before fork.
+    cgroup_procs: Option<File>,
+}
+
 /// Runs in the forked child before exec; see the SAFETY comment in `spawn`.
-fn prepare_child(parent: Pid) -> io::Result<()> {
+fn prepare_child(setup: &ChildSetup) -> io::Result<()> {
     nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
+
+    // Joining needs navigator's privileges, so it comes before the switch.
+    if let Some(procs) = &setup.cgroup_procs {
+        let mut digits = [0u8; 20];
+        let pid = format_decimal(nix::unistd::getpid().as_raw().unsigned_abs(), &mut digits);
+        let written = nix::unistd::write(procs, pid)?;
+        if written != pid.len() {
+            return Err(io::Error::from(Errno::EIO));
+        }
+    }
+
+    // Group before user: once the uid is not root, setgid is refused.
+    if let Some(gid) = setup.gid {
+        nix::unistd::setgroups(&[])?;
+        nix::unistd::setgid(gid)?;
+        if let Some(uid) = setup.uid {
+            nix::unistd::setuid(uid)?;
+        }
+    }
+
+    // The kernel clears the death signal when the uid or gid changes, so
+    // it is set after the switch.
     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
     // The parent may have died between fork and prctl, in which case the
     // death signal will never come.
-    if nix::unistd::getppid() != parent {
+    if nix::unistd::getppid() != setup.parent {
         return Err(io::Error::from(Errno::ESRCH));
     }
     Ok(())
+}
+
+/// Writes `value` in decimal into `buffer` and returns the digits, without
+/// allocating (it runs in the forked child).
+fn format_decimal(mut value: u32, buffer: &mut [u8; 20]) -> &[u8] {
+    let mut start = buffer.len();
+    loop {
+        start -= 1;
+        buffer[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            return &buffer[start..];
+        }
+    }
 }
 
 struct SpawnRequest {
@@ -209,16 +399,29 @@ impl ChildProcess {
     /// Waits for the child to exit, reaps it, and gives its output up to
     /// 250 ms to drain. Cancel-safe: a later call returns the same status.
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
-        let status = match self.status {
-            Some(status) => status,
+        let status = self.wait_exit().await?;
+        self.drain_output().await;
+        Ok(status)
+    }
+
+    /// Waits for the child to exit and reaps it, without waiting for its
+    /// output; callers that must react to the exit at once use this and
+    /// [`ChildProcess::drain_output`] afterwards. Cancel-safe.
+    pub async fn wait_exit(&mut self) -> io::Result<ExitStatus> {
+        match self.status {
+            Some(status) => Ok(status),
             None => {
                 let status = self.child.wait().await?;
                 self.record_exit(status);
-                status
+                Ok(status)
             }
-        };
+        }
+    }
+
+    /// Gives the output readers up to 250 ms to reach end of file, so the
+    /// last lines are logged and in the stderr tail.
+    pub async fn drain_output(&self) {
         self.output.drained(OUTPUT_DRAIN_LIMIT).await;
-        Ok(status)
     }
 
     /// Returns the exit status without blocking, reaping the child when it
@@ -351,8 +554,7 @@ mod tests {
             label: "test".into(),
             program: "sh".into(),
             args: vec!["-c".into(), script.into()],
-            cwd: None,
-            env: Vec::new(),
+            ..SpawnSpec::default()
         }
     }
 
@@ -582,6 +784,115 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("lines missing: {:?}", *received.lock().unwrap());
+    }
+
+    /// Runs `script` and returns its stdout lines once it exited with 0.
+    async fn output_of(spec: SpawnSpec) -> Vec<String> {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let hook_lines = Arc::clone(&lines);
+        let sink = OutputSink::new("ids").with_hook(Arc::new(move |stream, text: &str| {
+            if stream == Stream::Stdout {
+                hook_lines.lock().unwrap().push(text.to_string());
+            }
+        }));
+        let mut child = spawn(&spec, sink).unwrap();
+        let status = child.wait().await.unwrap();
+        assert!(status.success(), "{status:?}: {:?}", child.stderr_tail());
+        lines.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn format_decimal_cases() {
+        let mut buffer = [0u8; 20];
+        assert_eq!(format_decimal(0, &mut buffer), b"0");
+        assert_eq!(format_decimal(4_194_304, &mut buffer), b"4194304");
+        assert_eq!(format_decimal(u32::MAX, &mut buffer), b"4294967295");
+    }
+
+    #[tokio::test]
+    async fn spawn_switches_user_and_clears_groups() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: switching users needs root");
+            return;
+        }
+        let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
+            eprintln!("skipped: no user `nobody` on this machine");
+            return;
+        };
+        let mut spec =
+            sh("grep -E '^(Uid|Gid|Groups):' /proc/self/status; echo \"$HOME $USER $LOGNAME\"");
+        spec.user = Some("nobody".into());
+        let lines = output_of(spec).await;
+        let fields = |line: &str| -> Vec<String> {
+            line.split_whitespace().skip(1).map(String::from).collect()
+        };
+        let uid = nobody.uid.to_string();
+        let gid = nobody.gid.to_string();
+        assert_eq!(fields(&lines[0]), vec![uid.as_str(); 4]);
+        assert_eq!(fields(&lines[1]), vec![gid.as_str(); 4]);
+        assert!(
+            fields(&lines[2]).is_empty(),
+            "supplementary groups: {}",
+            lines[2]
+        );
+        assert_eq!(lines[3], format!("{} nobody nobody", nobody.dir.display()));
+    }
+
+    #[tokio::test]
+    async fn spawn_keeps_env_user_variables() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: switching users needs root");
+            return;
+        }
+        let mut spec = sh("echo \"$HOME\"; id -g");
+        spec.user = Some("root".into());
+        spec.group = Some("65534".into());
+        spec.env = vec![("HOME".into(), "/srv/app".into())];
+        let lines = output_of(spec).await;
+        assert_eq!(lines, vec!["/srv/app".to_string(), "65534".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn spawn_unknown_user_fails_with_name() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: users are only resolved as root");
+            return;
+        }
+        let mut spec = sh("true");
+        spec.user = Some("no-such-user-navtest".into());
+        let message = spawn(&spec, OutputSink::new("test"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            message,
+            "failed to start `sh`: user `no-such-user-navtest` not found (no passwd entry); \
+             create it or change `user`"
+        );
+    }
+
+    #[tokio::test]
+    async fn spawn_joins_cgroup_before_exec() {
+        let Some(controller) = crate::supervisor::cgroup::controller() else {
+            eprintln!("skipped: no usable cgroup memory controller here");
+            return;
+        };
+        let cgroup = controller.create("process-test/join", 256 << 20).unwrap();
+        let mut spec = sh("cat /proc/self/cgroup");
+        spec.cgroup = Some(cgroup.path().to_path_buf());
+        let lines = output_of(spec).await;
+        // The cgroup path relative to the hierarchy's mount point ends with
+        // navigator/<pid>/<name>.
+        let suffix = format!(
+            "/navigator/{}/{}",
+            std::process::id(),
+            cgroup.path().file_name().unwrap().to_string_lossy()
+        );
+        assert!(
+            lines.iter().any(|line| line.ends_with(&suffix)),
+            "{suffix} not in {lines:?}"
+        );
+        cgroup.remove().await;
     }
 
     #[test]

@@ -11,12 +11,13 @@
 use std::collections::HashMap;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 use tracing::{error, info, warn};
 
+use super::cgroup::{self, TenantCgroup};
 use super::output::OutputSink;
 use super::pidfile;
 use super::ports::{PortLease, PortPool};
@@ -24,6 +25,9 @@ use super::process::{self, ChildProcess, SpawnSpec};
 use super::readiness::{self, ReadyError};
 use crate::compile::{PoolSettings, Snapshot, TenantSpec};
 use crate::config::expand::fill_port;
+use crate::hooks::{self, TenantEvent};
+use crate::log_shipping;
+use crate::reload::Reloader;
 
 /// Longest wait between restarts of a tenant that keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -71,6 +75,9 @@ pub struct Instance {
     requests: AtomicU64,
     /// Stop as soon as no request is in flight (replaced or removed tenant).
     draining: AtomicBool,
+    /// Set once the process passed its readiness probe. Only then do its
+    /// stop hooks run, to pair with the start hooks.
+    ready: AtomicBool,
     stop_requested: watch::Sender<bool>,
     /// Becomes true once the process has exited and been cleaned up.
     exited: watch::Sender<bool>,
@@ -110,8 +117,11 @@ impl Instance {
     }
 
     fn drain(&self) {
-        self.draining.store(true, Ordering::Release);
-        if self.in_flight.load(Ordering::Acquire) == 0 {
+        // SeqCst here and in `Lease::drop`: each side stores, then loads
+        // what the other stores, and at least one of them must see the
+        // other's store, or the instance would never be asked to stop.
+        self.draining.store(true, Ordering::SeqCst);
+        if self.in_flight.load(Ordering::SeqCst) == 0 {
             self.request_stop();
         }
     }
@@ -158,8 +168,8 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.instance.touch();
-        let before = self.instance.in_flight.fetch_sub(1, Ordering::AcqRel);
-        if before == 1 && self.instance.draining.load(Ordering::Acquire) {
+        let before = self.instance.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if before == 1 && self.instance.draining.load(Ordering::SeqCst) {
             self.instance.request_stop();
         }
     }
@@ -262,6 +272,11 @@ pub struct Supervisor {
     pub starts: AtomicU64,
     pub start_failures: AtomicU64,
     pub stops: AtomicU64,
+    /// The snapshot of the last `apply`: its tenant specs are the ones
+    /// processes are started from, whatever snapshot a request runs under.
+    current: Mutex<Option<Arc<Snapshot>>>,
+    /// Queues the reloads that tenant hooks ask for.
+    reloader: OnceLock<Reloader>,
     weak_self: Weak<Supervisor>,
 }
 
@@ -287,8 +302,29 @@ impl Supervisor {
             starts: AtomicU64::new(0),
             start_failures: AtomicU64::new(0),
             stops: AtomicU64::new(0),
+            current: Mutex::new(None),
+            reloader: OnceLock::new(),
             weak_self: weak_self.clone(),
         })
+    }
+
+    /// Sets where tenant hooks with `reload_config` send their reloads.
+    pub fn set_reloader(&self, reloader: Reloader) {
+        let _ = self.reloader.set(reloader);
+    }
+
+    /// Returns the spec of `requested`'s tenant in the current config. A
+    /// request that began before a reload carries the old spec, and
+    /// starting or keeping processes by it would undo the reload. So the
+    /// current spec wins while the tenant keeps its name and path.
+    fn current_spec(&self, requested: &Arc<TenantSpec>) -> Arc<TenantSpec> {
+        let current = lock(&self.current);
+        current
+            .as_ref()
+            .and_then(|snapshot| snapshot.tenants.by_name(&requested.name))
+            .filter(|spec| spec.path == requested.path)
+            .cloned()
+            .unwrap_or_else(|| requested.clone())
     }
 
     fn this(&self) -> Arc<Supervisor> {
@@ -320,6 +356,7 @@ impl Supervisor {
         let deadline = tokio::time::Instant::now() + spec.startup_timeout;
         let slot = self.slot(&spec.name);
         loop {
+            let spec = &self.current_spec(spec);
             if self.shutting_down.load(Ordering::Acquire) {
                 return Err(AcquireError::ShuttingDown);
             }
@@ -397,8 +434,12 @@ impl Supervisor {
         info!(tenant = %spec.name, pid = old.pid, "launch spec changed; replacing the tenant process");
         let shared_pidfile = old.spec.pidfile.is_some() && old.spec.pidfile == spec.pidfile;
         if shared_pidfile {
+            // The requests in flight on the old process finish first; new
+            // ones wait for its exit (up to their startup_timeout).
+            // NOTE: an open WebSocket tunnel holds a lease too, so with a
+            // shared PIDFILE it delays the replacement until it closes.
             state.phase = Phase::Stopping(old.clone());
-            old.request_stop();
+            old.drain();
             Wait::Exit(old.clone())
         } else {
             old.drain();
@@ -473,6 +514,10 @@ impl Supervisor {
             pidfile::prepare(path, &spec.launch.program, cwd).await?;
         }
 
+        let cgroup = spec
+            .launch
+            .memory_limit
+            .and_then(|limit| cgroup::for_tenant(&spec.name, limit));
         let spawn_spec = SpawnSpec {
             label: spec.name.clone(),
             program: fill_port(&spec.launch.program, port),
@@ -489,9 +534,13 @@ impl Supervisor {
                 .iter()
                 .map(|(name, value)| (name.clone(), fill_port(value, port)))
                 .collect(),
+            user: spec.launch.user.clone(),
+            group: spec.launch.group.clone(),
+            cgroup: cgroup.as_ref().map(|cgroup| cgroup.path().to_path_buf()),
         };
-        let child = process::spawn(&spawn_spec, OutputSink::new(spec.name.clone()))
-            .map_err(|e| e.to_string())?;
+        let output = OutputSink::new(spec.name.clone())
+            .with_hook(log_shipping::tenant_output_hook(&spec.name));
+        let child = process::spawn(&spawn_spec, output).map_err(|e| e.to_string())?;
         self.starts.fetch_add(1, Ordering::Relaxed);
         let started_at = Instant::now();
         let (stop_requested, _) = watch::channel(false);
@@ -507,12 +556,21 @@ impl Supervisor {
             last_activity: AtomicU64::new(self.epoch.elapsed().as_millis() as u64),
             requests: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
             stop_requested,
             exited,
             stderr_tail: Arc::new(Mutex::new(Vec::new())),
             epoch: self.epoch,
         });
-        info!(tenant = %spec.name, pid = instance.pid, port, "tenant process started");
+        info!(
+            tenant = %spec.name,
+            pid = instance.pid,
+            port,
+            user = spec.launch.user.as_deref().unwrap_or("-"),
+            memory_limit = %cgroup.as_ref().map_or("-".to_string(), |c| cgroup::format_bytes(c.limit())),
+            cgroup = %cgroup.as_ref().map_or("-".to_string(), |c| c.path().display().to_string()),
+            "tenant process started"
+        );
         lock(&self.instances).insert(instance.id, instance.clone());
 
         let (exit_report, mut exit_status) = watch::channel(None::<Result<ExitStatus, String>>);
@@ -524,6 +582,7 @@ impl Supervisor {
             _permit: permit,
             exit_report,
             stderr_tail: instance.stderr_tail.clone(),
+            cgroup,
         };
         tokio::spawn(monitor.run());
 
@@ -564,6 +623,12 @@ impl Supervisor {
                     probe_ms = elapsed.as_millis() as u64,
                     "tenant ready"
                 );
+                instance.ready.store(true, Ordering::Release);
+                // A failed start hook is logged in run_tenant_hooks. The
+                // tenant passed its probe, so it is served anyway.
+                let _ =
+                    hooks::run_tenant_hooks(spec, port, TenantEvent::Start, self.reloader.get())
+                        .await;
                 Ok(instance)
             }
             Err(error) => {
@@ -717,7 +782,8 @@ impl Supervisor {
     /// Applies a new config: pool settings now, and tenants that are gone
     /// from it drain and stop. Changed tenants are replaced on their next
     /// request.
-    pub fn apply(&self, snapshot: &Snapshot) {
+    pub fn apply(&self, snapshot: &Arc<Snapshot>) {
+        *lock(&self.current) = Some(snapshot.clone());
         let settings = snapshot.pools.clone();
         self.gate.max.store(settings.max_size, Ordering::Relaxed);
         {
@@ -830,6 +896,8 @@ struct Monitor {
     _permit: GatePermit,
     exit_report: watch::Sender<Option<Result<ExitStatus, String>>>,
     stderr_tail: Arc<Mutex<Vec<String>>>,
+    /// The memory-limited cgroup the process runs in, removed after it exits.
+    cgroup: Option<TenantCgroup>,
 }
 
 impl Monitor {
@@ -840,30 +908,71 @@ impl Monitor {
         let grace = lock(&self.supervisor.settings).grace_period;
 
         let (status, unexpected) = tokio::select! {
-            status = self.child.wait() => (status, true),
+            status = self.child.wait_exit() => (status, true),
             _ = async { let _ = stop.wait_for(|requested| *requested).await; } => {
-                // TODO: run the tenant stop hooks here, before SIGTERM.
+                // A failed stop hook is logged in run_tenant_hooks and does
+                // not keep the tenant running.
+                if self.instance.ready.load(Ordering::Acquire) {
+                    let _ = hooks::run_tenant_hooks(
+                        &self.instance.spec,
+                        self.instance.port,
+                        TenantEvent::Stop,
+                        self.supervisor.reloader.get(),
+                    )
+                    .await;
+                }
                 (self.child.stop(grace).await, false)
             }
         };
+
+        // The counters are read before the cgroup is removed; removing an
+        // empty one before the slot is freed lets a replacement reuse its
+        // name.
+        let memory = self
+            .cgroup
+            .as_mut()
+            .map(|cgroup| cgroup.finish(status.as_ref().ok().copied()));
+
+        // Cleanup comes before anything slow, so requests stop being
+        // routed to a dead process at once. The PIDFILE goes first: once
+        // the slot is stopped a replacement may start and write its own.
+        if let Some(path) = &self.instance.spec.pidfile {
+            pidfile::remove(path);
+        }
+        self.supervisor.on_exit(&self.instance, unexpected);
+
+        if let Some(memory) = memory.as_ref().filter(|memory| memory.oom_killed) {
+            error!(
+                tenant = %name,
+                pid,
+                limit = %cgroup::format_bytes(memory.limit),
+                limit_bytes = memory.limit,
+                oom_kills = memory.usage.oom_kills.unwrap_or(1),
+                cgroup = %memory.path.display(),
+                "tenant killed by the kernel OOM killer: memory limit reached"
+            );
+        }
+
+        self.child.drain_output().await;
         let report = match &status {
             Ok(status) => process::describe_status(*status),
             Err(error) => format!("wait failed: {error}"),
         };
         let tail = self.child.stderr_tail();
+        let memory_peak = memory
+            .and_then(|memory| memory.usage.peak)
+            .map_or("-".to_string(), cgroup::format_bytes);
         if unexpected {
-            warn!(tenant = %name, pid, status = %report, stderr = ?tail, "tenant process exited unexpectedly");
+            warn!(tenant = %name, pid, status = %report, %memory_peak, stderr = ?tail, "tenant process exited unexpectedly");
         } else {
-            info!(tenant = %name, pid, status = %report, "tenant process stopped");
+            info!(tenant = %name, pid, status = %report, %memory_peak, "tenant process stopped");
+        }
+        if let Some(cgroup) = self.cgroup.take() {
+            cgroup.remove().await;
         }
         *lock(&self.stderr_tail) = tail;
-
-        if let Some(path) = &self.instance.spec.pidfile {
-            pidfile::remove(path);
-        }
         self.exit_report
             .send_replace(Some(status.map_err(|e| e.to_string())));
-        self.supervisor.on_exit(&self.instance, unexpected);
         drop(self._port);
         drop(self._permit);
         self.instance.exited.send_replace(true);

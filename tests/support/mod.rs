@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod fly;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -105,9 +107,28 @@ impl Navigator {
     }
 
     pub fn start_in(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Navigator {
+        Self::start_wrapped(dir, config, env, &[])
+    }
+
+    /// Like `start_in`, but runs navigator through `wrapper` (a program
+    /// and its arguments that exec the rest of the command line, such as
+    /// `setpriv --groups 27 --`), which must keep the pid.
+    pub fn start_wrapped(
+        dir: tempfile::TempDir,
+        config: &str,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Navigator {
         let config_path = dir.path().join("navigator.toml");
         write_config(&config_path, config, dir.path());
-        let mut command = Command::new(NAVIGATOR);
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(NAVIGATOR);
+                command
+            }
+            None => Command::new(NAVIGATOR),
+        };
         command
             .arg("--config")
             .arg(&config_path)

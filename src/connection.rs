@@ -1,0 +1,223 @@
+//! Per-connection guards against clients that hold connections without
+//! using them: a deadline for the first byte, and the idle timeout.
+//!
+//! hyper bounds the time to read an HTTP/1 request head
+//! (`header_read_timeout`) once it has started waiting for one. But its
+//! auto builder first waits without a deadline for the bytes that
+//! distinguish HTTP/1 from HTTP/2, and HTTP/2 connections have no idle
+//! limit. The
+//! [`Activity`] of a connection records when bytes last moved and how many
+//! requests are in flight; [`watch_idle`] ends a connection that had no
+//! request in flight and no traffic for the idle timeout.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::body::{Body, BoxError};
+
+/// Waits up to `timeout` for the client's first byte. Returns false when
+/// none came (or the peer closed), and the connection should be dropped.
+pub async fn first_byte(stream: &TcpStream, timeout: Duration) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(
+        tokio::time::timeout(timeout, stream.peek(&mut probe)).await,
+        Ok(Ok(read)) if read > 0
+    )
+}
+
+/// Traffic and request counters of one connection.
+#[derive(Debug)]
+pub struct Activity {
+    started: Instant,
+    /// Milliseconds since `started` at the last read or write of data.
+    last_traffic_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            started: Instant::now(),
+            last_traffic_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last_traffic_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Counts a request as in flight until the returned guard drops.
+    pub fn request_started(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    /// Time since the last traffic, or `None` while a request is in flight.
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_traffic_ms.load(Ordering::Relaxed));
+        Some(self.started.elapsed().saturating_sub(last))
+    }
+}
+
+/// A request in flight on a connection.
+#[derive(Debug)]
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Resolves when the connection has had no request in flight and no
+/// traffic for `timeout`. A zero timeout never resolves.
+pub async fn watch_idle(activity: Arc<Activity>, timeout: Duration) {
+    if timeout.is_zero() {
+        return std::future::pending().await;
+    }
+    let mut wait = timeout;
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = match activity.idle_for() {
+            Some(idle) if idle >= timeout => return,
+            Some(idle) => timeout - idle,
+            None => timeout,
+        };
+    }
+}
+
+/// The connection's socket, recording traffic in its [`Activity`].
+pub struct TrackedIo<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> TrackedIo<T> {
+    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
+        TrackedIo { inner, activity }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(written)) if written > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(written)) if written > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Keeps `guard` until `body` has been sent or dropped, so a streaming
+/// response counts as in flight to its end.
+pub fn hold_until_sent(body: Body, guard: InFlight) -> Body {
+    HeldBody {
+        inner: body,
+        _guard: guard,
+    }
+    .boxed()
+}
+
+struct HeldBody {
+    inner: Body,
+    _guard: InFlight,
+}
+
+impl HttpBody for HeldBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_watch_waits_for_requests_to_end() {
+        let activity = Activity::new();
+        let guard = activity.request_started();
+        let watch = tokio::spawn(watch_idle(activity.clone(), Duration::from_secs(10)));
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(!watch.is_finished(), "closed with a request in flight");
+        drop(guard);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!watch.is_finished(), "closed before the idle timeout");
+        tokio::time::sleep(Duration::from_secs(16)).await;
+        assert!(watch.is_finished());
+    }
+}
