@@ -8,6 +8,9 @@
 //! - the health path (`DEMO_HEALTH_PATH`, default `/up`): 200 `OK`;
 //! - `.../slow?ms=N`: the page after a pause of N ms;
 //! - `.../status/NNN`: the page with status NNN;
+//! - `.../allocate?mb=N`: the page, after allocating N MiB (at most
+//!   [`MAX_ALLOCATE_MIB`]) and writing every byte, so the memory is
+//!   resident; it is kept until the process exits;
 //! - `.../crash`: the page, then the process exits with code 3 and leaves its
 //!   pid file behind, as a crashed server would;
 //! - a request with an `Upgrade` header: 101, then every byte received is
@@ -45,6 +48,9 @@ use tokio::sync::{Mutex, mpsc};
 
 /// Exit code after `/crash`.
 pub const CRASH_EXIT_CODE: i32 = 3;
+
+/// Largest allocation one `.../allocate` request makes.
+pub const MAX_ALLOCATE_MIB: usize = 4096;
 
 /// Port when neither `--port` nor `PORT` names one, as for `rails server`.
 const DEFAULT_PORT: u16 = 3000;
@@ -288,6 +294,8 @@ struct Demo {
     port: u16,
     counter_path: Option<PathBuf>,
     visits: Mutex<u64>,
+    /// Memory taken by `.../allocate`, held to the end of the process.
+    allocations: Mutex<Vec<Vec<u8>>>,
 }
 
 /// Serves HTTP/1.1 on `listener` and returns the exit code the process
@@ -300,6 +308,7 @@ pub async fn serve(listener: TcpListener, settings: Settings) -> io::Result<i32>
         settings,
         port,
         visits: Mutex::new(0),
+        allocations: Mutex::new(Vec::new()),
     });
     let (crashed, mut crash_requests) = mpsc::channel::<()>(1);
 
@@ -441,6 +450,20 @@ async fn page(
                 );
             }
         }
+    }
+    if path.ends_with("/allocate") {
+        let mib = query_value(query, "mb")
+            .and_then(|mb| mb.parse::<usize>().ok())
+            .filter(|mb| *mb <= MAX_ALLOCATE_MIB);
+        let Some(mib) = mib else {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                &format!("expected allocate?mb=N with N from 0 to {MAX_ALLOCATE_MIB}\n"),
+            );
+        };
+        // A non-zero fill writes every page; zeroed memory from the
+        // allocator would stay virtual and not count as resident.
+        demo.allocations.lock().await.push(vec![0x5a; mib << 20]);
     }
     let crash = path.ends_with("/crash");
     if crash {
@@ -731,6 +754,28 @@ mod tests {
         assert_eq!(fetch(port, &get("/status/418")).await.0, 418);
         assert_eq!(fetch(port, &get("/status/abc")).await.0, 400);
         assert_eq!(fetch(port, &get("/slow?ms=1")).await.0, 200);
+    }
+
+    fn resident_bytes() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    }
+
+    #[tokio::test]
+    async fn demo_allocate_keeps_memory_resident() {
+        let (port, _server) = start(settings_with(&[])).await;
+        assert_eq!(fetch(port, &get("/allocate?mb=x")).await.0, 400);
+        assert_eq!(fetch(port, &get("/allocate?mb=999999")).await.0, 400);
+
+        let before = resident_bytes();
+        assert_eq!(fetch(port, &get("/allocate?mb=64")).await.0, 200);
+        let after = resident_bytes();
+        assert!(
+            after >= before + (60 << 20),
+            "resident memory grew from {before} to {after} bytes"
+        );
     }
 
     #[tokio::test]

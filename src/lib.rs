@@ -9,6 +9,7 @@ pub mod cgi;
 pub mod cli;
 pub mod compile;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod hooks;
 pub mod logging;

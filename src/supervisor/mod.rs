@@ -1,8 +1,10 @@
 //! Process-level building blocks for running tenants and managed processes.
 
+pub mod memory;
 pub mod output;
 pub mod pidfile;
 pub mod ports;
 pub mod process;
+pub mod queue;
 pub mod readiness;
 pub mod tenants;
