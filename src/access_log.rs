@@ -33,6 +33,7 @@ pub enum Answer {
     BotBlocked,
     Broadcast,
     ReverseProxy,
+    Control,
     NotFound,
     Error,
 }
@@ -53,6 +54,7 @@ impl Answer {
             Answer::BotBlocked => "bot-blocked",
             Answer::Broadcast => "broadcast",
             Answer::ReverseProxy => "reverse-proxy",
+            Answer::Control => "control",
             Answer::NotFound => "not-found",
             Answer::Error => "error",
         }

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod compile;
 pub mod config;
 pub mod connection;
+pub mod control;
 pub mod demo;
 pub mod fly;
 pub mod hooks;

@@ -23,6 +23,7 @@ use crate::bots;
 use crate::canonical;
 use crate::cgi;
 use crate::compile::{Snapshot, TenantSpec};
+use crate::control;
 use crate::fly;
 use crate::limits;
 use crate::proxy::{self, Forward, Forwarding, ProxyError, headers::X_REQUEST_ID};
@@ -139,6 +140,14 @@ async fn route(
 
     // 2. Health check.
     if let Some(response) = health_check(&snapshot, context, &path) {
+        return response;
+    }
+
+    // 2b. Control API under `server.status.path` (loopback peers only).
+    // It comes before authentication because it is judged by the socket
+    // peer alone: credentials neither open it to other hosts nor are
+    // needed on loopback, and it must work in maintenance mode.
+    if let Some(response) = control::serve(app, context, &path, &head.method).await {
         return response;
     }
 
@@ -462,6 +471,11 @@ async fn proxy_to_tenant(
             return maintenance_page(&context.snapshot, 5).await;
         }
         Err(AcquireError::ShuttingDown) => {
+            context.record.answer = Answer::Maintenance;
+            return maintenance_page(&context.snapshot, 5).await;
+        }
+        Err(AcquireError::QueueFull | AcquireError::QueueTimeout) => {
+            // Counted and logged (rate-limited) by the supervisor.
             context.record.answer = Answer::Maintenance;
             return maintenance_page(&context.snapshot, 5).await;
         }

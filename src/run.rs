@@ -96,6 +96,8 @@ pub async fn run(config_path: PathBuf) -> i32 {
     let acceptor = Acceptor::start(&app, listener, &connections);
     tokio::spawn(app.supervisor.clone().run_idle_reaper());
     tokio::spawn(fly::idle::run_monitor(app.clone()));
+    tokio::spawn(app.supervisor.clone().run_memory_monitor());
+    app.supervisor.prewarm();
     let mut lifecycle = Lifecycle {
         app,
         log,
@@ -324,6 +326,7 @@ impl Lifecycle {
         self.switch_pid_file(&snapshot);
         let tenants = snapshot.tenants.len();
         app.install(snapshot);
+        app.supervisor.prewarm();
         if let Some(listener) = new_listener {
             let old_acceptor = std::mem::replace(
                 &mut self.acceptor,

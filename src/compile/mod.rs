@@ -3,6 +3,7 @@
 //! A reload builds a new snapshot and swaps it in whole.
 
 pub mod rules;
+pub mod supervision;
 pub mod tenants;
 
 use std::collections::HashMap;
@@ -43,6 +44,10 @@ pub struct PoolSettings {
     pub start_port: u16,
     pub end_port: u16,
     pub grace_period: Duration,
+    /// How often tenants with `recycle_memory` have their memory read.
+    pub memory_check_interval: Duration,
+    /// `pools.prewarm` globs that match no tenant, for a warning.
+    pub prewarm_unmatched: Vec<String>,
 }
 
 pub struct Snapshot {
@@ -185,7 +190,8 @@ impl Snapshot {
             }
         }
 
-        let tenant_specs = tenants::resolve(&loaded, env, &mut errors);
+        let prewarm = supervision::PrewarmPatterns::compile(&loaded, &mut errors);
+        let tenant_specs = tenants::resolve(&loaded, env, &prewarm, &mut errors);
 
         let pools = &config.applications.pools;
         if pools.max_size == 0 {
@@ -215,6 +221,15 @@ impl Snapshot {
             }
         }
 
+        if pools.memory_check_interval.is_zero() {
+            errors.push(loaded.error_at(
+                "applications.pools.memory_check_interval",
+                "memory_check_interval must be longer than 0",
+            ));
+        }
+        let prewarm_unmatched =
+            prewarm.unmatched(tenant_specs.iter().map(|spec| spec.name.as_str()));
+
         let Some(reverse_proxy_client) = reverse_proxy_client.filter(|_| errors.is_empty()) else {
             return Err(ConfigErrors(errors));
         };
@@ -241,6 +256,8 @@ impl Snapshot {
                 start_port: pools.start_port,
                 end_port,
                 grace_period: pools.grace_period.get(),
+                memory_check_interval: pools.memory_check_interval.get(),
+                prewarm_unmatched,
             },
             config,
             loaded,
