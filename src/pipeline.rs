@@ -187,7 +187,10 @@ async fn route(
     if cable.enabled && path == cable.path {
         context.record.answer = Answer::WebSocket;
         context.record.target = Some("cable".to_string());
-        return app.cable.accept(&mut head, context.connection.peer);
+        let activity = app.fly.idle.track();
+        return app
+            .cable
+            .accept(&mut head, context.connection.peer, activity);
     }
 
     // 6. Redirects, rewrites, Fly-Replay, trailing-slash redirects.

@@ -203,10 +203,13 @@ impl Hub {
     /// Accepts a WebSocket handshake on the cable path with 101 and serves
     /// the connection once hyper hands it over. `head` must be the request
     /// head as hyper delivered it, so that it still contains the upgrade.
-    pub fn accept(
+    /// `activity` is kept until the connection closes; the pipeline passes
+    /// the machine-idle guard, so an open cable keeps the machine awake.
+    pub fn accept<G: Send + 'static>(
         self: &Arc<Self>,
         head: &mut http::request::Parts,
         peer: SocketAddr,
+        activity: G,
     ) -> Response<Body> {
         let accept_key = match handshake_key(head) {
             Ok(key) => key,
@@ -231,6 +234,7 @@ impl Hub {
                 Ok(upgraded) => connection::serve(hub, TokioIo::new(upgraded), peer).await,
                 Err(error) => debug!(%peer, error = %error, "cable upgrade failed"),
             }
+            drop(activity);
         });
 
         let mut response = Response::new(body::empty());
