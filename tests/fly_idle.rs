@@ -208,3 +208,39 @@ fn idle_outside_fly_does_nothing() {
         "no idle hooks outside Fly"
     );
 }
+
+#[test]
+fn open_cable_keeps_machine_awake() {
+    use std::io::{Read, Write};
+
+    let (api, navigator) = start(&ON_FLY, |_, socket| idle_config("suspend", socket, "", ""));
+    let mut cable = std::net::TcpStream::connect(navigator.address).unwrap();
+    write!(
+        cable,
+        "GET /cable HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        cable.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"));
+
+    // Three idle timeouts pass with only the cable open: no idle action.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        api.calls().is_empty(),
+        "machine suspended with a cable open"
+    );
+
+    let closed = Instant::now();
+    drop(cable);
+    assert!(
+        support::eventually(WAIT, || api.calls().iter().any(|c| c.at > closed)),
+        "no idle action after the cable closed; log:\n{}",
+        navigator.logs.text()
+    );
+}
