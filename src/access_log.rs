@@ -35,13 +35,14 @@ pub enum Answer {
     ReverseProxy,
     /// navigator's own status page, status JSON or metrics.
     Status,
+    Control,
     NotFound,
     Error,
 }
 
 impl Answer {
     /// Every answer, in declaration order; `answer as usize` indexes it.
-    pub const ALL: [Answer; 16] = [
+    pub const ALL: [Answer; 17] = [
         Answer::Static,
         Answer::Proxy,
         Answer::FlyReplay,
@@ -56,6 +57,7 @@ impl Answer {
         Answer::Broadcast,
         Answer::ReverseProxy,
         Answer::Status,
+        Answer::Control,
         Answer::NotFound,
         Answer::Error,
     ];
@@ -76,6 +78,7 @@ impl Answer {
             Answer::Broadcast => "broadcast",
             Answer::ReverseProxy => "reverse-proxy",
             Answer::Status => "status",
+            Answer::Control => "control",
             Answer::NotFound => "not-found",
             Answer::Error => "error",
         }

@@ -8,7 +8,9 @@ use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
+use crate::cable;
 use crate::compile::Snapshot;
+use crate::fly::Fly;
 use crate::managed::ManagedProcesses;
 use crate::proxy;
 use crate::reload::{ReloadQueue, Reloader};
@@ -21,6 +23,9 @@ pub struct App {
     snapshot: ArcSwap<Snapshot>,
     pub supervisor: Arc<Supervisor>,
     pub client: proxy::Client,
+    /// The built-in WebSocket pub/sub; it outlives reloads, so open
+    /// connections survive them.
+    pub cable: Arc<cable::Hub>,
     /// Queues reloads for the lifecycle loop (hooks, CGI scripts).
     pub reloader: Reloader,
     /// The other end of `reloader`, until the lifecycle loop takes it.
@@ -32,6 +37,8 @@ pub struct App {
     pub started_at: SystemTime,
     /// Reloads applied since startup.
     reloads: AtomicU64,
+    /// The Fly environment, read once at startup, and the machine idle state.
+    pub fly: Fly,
 }
 
 impl App {
@@ -45,12 +52,14 @@ impl App {
             snapshot: ArcSwap::new(snapshot),
             supervisor,
             client: proxy::new_client(),
+            cable: cable::Hub::new(cable::Settings::from_env()),
             reloader,
             reload_queue: Mutex::new(Some(reload_queue)),
             managed: ManagedProcesses::new(),
             started: Instant::now(),
             started_at: SystemTime::now(),
             reloads: AtomicU64::new(0),
+            fly: Fly::from_process(),
         })
     }
 

@@ -30,6 +30,7 @@ pub fn check(path: &Path) -> i32 {
     print!("{}", summary(path, &snapshot));
     let mut warnings = missing_files(&snapshot);
     warnings.extend(crate::supervisor::identity::missing_accounts(&snapshot));
+    warnings.extend(prewarm_warnings(&snapshot));
     for warning in &warnings {
         println!("warning: {warning}");
     }
@@ -124,6 +125,29 @@ pub fn missing_files(snapshot: &Snapshot) -> Vec<String> {
         .filter(|(_, path)| !path.exists())
         .map(|(key, path)| format!("{key}: {} does not exist", path.display()))
         .collect()
+}
+
+/// Lists the prewarm warnings: patterns that match no tenant, and more
+/// marked tenants than `pools.max_size` allows.
+pub fn prewarm_warnings(snapshot: &Snapshot) -> Vec<String> {
+    let mut warnings: Vec<String> = snapshot
+        .pools
+        .prewarm_unmatched
+        .iter()
+        .map(|pattern| format!("applications.pools.prewarm: {pattern:?} matches no tenant"))
+        .collect();
+    let marked = snapshot
+        .tenants
+        .iter()
+        .filter(|spec| spec.supervision.prewarm)
+        .count();
+    if marked > snapshot.pools.max_size {
+        warnings.push(format!(
+            "{marked} tenants are marked prewarm, but applications.pools.max_size is {}; only the first {} in config order are prewarmed",
+            snapshot.pools.max_size, snapshot.pools.max_size
+        ));
+    }
+    warnings
 }
 
 /// `navigator convert FILE.yml`: prints the equivalent TOML, keeping

@@ -8,11 +8,14 @@
 //! - the health path (`DEMO_HEALTH_PATH`, default `/up`): 200 `OK`;
 //! - `.../slow?ms=N`: the page after a pause of N ms;
 //! - `.../status/NNN`: the page with status NNN;
+//! - `.../allocate?mb=N`: the page, after allocating N MiB (at most
+//!   [`MAX_ALLOCATE_MIB`]) and writing every byte, so the memory is
+//!   resident; it is kept until the process exits;
 //! - `.../crash`: the page, then the process exits with code 3 and leaves its
 //!   pid file behind, as a crashed server would;
-//! - `.../allocate?mb=N`: allocates N MiB and writes to every page, so the
-//!   memory is really used (and charged to the tenant's cgroup), then
-//!   answers with the page and frees it;
+//! - `.../broadcast?stream=S`: publishes the request body (as a JSON string)
+//!   to stream S with a POST to `TURBO_CABLE_BROADCAST_URL`, as TurboCable
+//!   does from Rails, and answers with the broadcast's status and body;
 //! - a request with an `Upgrade` header: 101, then every byte received is
 //!   echoed back until end of file (no WebSocket framing);
 //! - anything else: an HTML page with the path and a visit counter, or JSON
@@ -55,6 +58,9 @@ use tokio::sync::{Mutex, mpsc};
 /// Exit code after `/crash`.
 pub const CRASH_EXIT_CODE: i32 = 3;
 
+/// Largest allocation one `.../allocate` request makes.
+pub const MAX_ALLOCATE_MIB: usize = 4096;
+
 /// Port when neither `--port` nor `PORT` names one, as for `rails server`.
 const DEFAULT_PORT: u16 = 3000;
 
@@ -69,9 +75,6 @@ const REPORTED_ENV_PREFIXES: [&str; 8] = [
     "USER",
     "LOGNAME",
 ];
-
-/// Largest `/allocate` request, in MiB.
-const MAX_ALLOCATE_MB: usize = 16 * 1024;
 
 /// The demo tenant's settings, read from argv and the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +91,8 @@ pub struct Settings {
     pub database_url: Option<String>,
     pub owner: Option<String>,
     pub scope: Option<String>,
+    /// Where `.../broadcast` publishes (`TURBO_CABLE_BROADCAST_URL`).
+    pub broadcast_url: Option<String>,
     pub request_log: Option<PathBuf>,
 }
 
@@ -128,6 +133,7 @@ impl Settings {
             database_url: non_empty("DATABASE_URL"),
             owner: non_empty("RAILS_APP_OWNER"),
             scope: non_empty("RAILS_APP_SCOPE"),
+            broadcast_url: non_empty("TURBO_CABLE_BROADCAST_URL"),
             request_log: non_empty("DEMO_REQUEST_LOG").map(PathBuf::from),
         })
     }
@@ -311,6 +317,8 @@ struct Demo {
     port: u16,
     counter_path: Option<PathBuf>,
     visits: Mutex<u64>,
+    /// Memory taken by `.../allocate`, held to the end of the process.
+    allocations: Mutex<Vec<Vec<u8>>>,
 }
 
 /// Serves HTTP/1.1 on `listener` and returns the exit code the process
@@ -323,6 +331,7 @@ pub async fn serve(listener: TcpListener, settings: Settings) -> io::Result<i32>
         settings,
         port,
         visits: Mutex::new(0),
+        allocations: Mutex::new(Vec::new()),
     });
     let (crashed, mut crash_requests) = mpsc::channel::<()>(1);
 
@@ -383,6 +392,8 @@ async fn handle(
             .body(Full::default())
     } else if path == demo.settings.health_path {
         plain(StatusCode::OK, "OK")
+    } else if path.ends_with("/broadcast") {
+        broadcast(request, &demo).await
     } else {
         page(request, &demo, &crash_requested).await
     };
@@ -482,17 +493,19 @@ async fn page(
         }
     }
     if path.ends_with("/allocate") {
-        let Some(megabytes) = query_value(query, "mb")
+        let mib = query_value(query, "mb")
             .and_then(|mb| mb.parse::<usize>().ok())
-            .filter(|mb| *mb <= MAX_ALLOCATE_MB)
-        else {
+            .filter(|mb| *mb <= MAX_ALLOCATE_MIB);
+        let Some(mib) = mib else {
             return plain(
                 StatusCode::BAD_REQUEST,
-                &format!("allocate needs mb=N with N from 0 to {MAX_ALLOCATE_MB}\n"),
+                &format!("expected allocate?mb=N with N from 0 to {MAX_ALLOCATE_MIB}\n"),
             );
         };
-        let touched = allocate_and_touch(megabytes);
-        println!("demo-tenant: allocated and touched {touched} bytes");
+        // A non-zero fill writes every page; zeroed memory from the
+        // allocator would stay virtual and not count as resident.
+        demo.allocations.lock().await.push(vec![0x5a; mib << 20]);
+        println!("demo-tenant: allocated and kept {mib} MiB");
     }
     let crash = path.ends_with("/crash");
     if crash {
@@ -529,18 +542,93 @@ async fn page(
     Ok(response)
 }
 
-/// Allocates `megabytes` MiB and writes one byte per 4 KiB page, so the
-/// kernel must back every page with memory. Returns the bytes touched; the
-/// memory is freed on return.
-fn allocate_and_touch(megabytes: usize) -> usize {
-    const PAGE: usize = 4096;
-    let mut memory: Vec<u8> = Vec::with_capacity(megabytes << 20);
-    for _ in 0..(megabytes << 20) / PAGE {
-        memory.extend_from_slice(&[1u8; PAGE]);
+/// Publishes the request body to the stream named by `stream=` with a POST
+/// to `TURBO_CABLE_BROADCAST_URL`, and relays the answer.
+async fn broadcast(request: Request<Incoming>, demo: &Demo) -> http::Result<Response<Full<Bytes>>> {
+    let Some(url) = demo.settings.broadcast_url.as_deref() else {
+        return plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "TURBO_CABLE_BROADCAST_URL is not set\n",
+        );
+    };
+    let stream = query_value(request.uri().query(), "stream").map(|raw| {
+        percent_encoding::percent_decode_str(raw)
+            .decode_utf8_lossy()
+            .into_owned()
+    });
+    let Some(stream) = stream.filter(|stream| !stream.is_empty()) else {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "missing stream=NAME in the query\n",
+        );
+    };
+    let data = match request.into_body().collect().await {
+        Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
+        Err(error) => {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                &format!("failed to read the request body: {error}\n"),
+            );
+        }
+    };
+    let payload = serde_json::json!({ "stream": stream, "data": data }).to_string();
+    match post_json(url, payload).await {
+        Ok((status, body)) => Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body)),
+        Err(error) => {
+            eprintln!("demo-tenant: broadcast to {url} failed: {error}");
+            plain(
+                StatusCode::BAD_GATEWAY,
+                &format!("broadcast to {url} failed: {error}\n"),
+            )
+        }
     }
-    // Keeps the writes from being optimized away.
-    std::hint::black_box(&memory);
-    memory.len()
+}
+
+/// Sends one HTTP/1.1 POST with a JSON body to an `http://` URL and returns
+/// the status and body of the answer.
+async fn post_json(url: &str, payload: String) -> Result<(StatusCode, Bytes), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|error| format!("invalid URL: {error}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err("only http:// broadcast URLs are supported".to_string());
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| "the URL has no host".to_string())?
+        .clone();
+    let address = match authority.port_u16() {
+        Some(_) => authority.to_string(),
+        None => format!("{}:80", authority.host()),
+    };
+    let stream = TcpStream::connect(&address)
+        .await
+        .map_err(|error| format!("connect to {address}: {error}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|error| error.to_string())?;
+    tokio::spawn(connection);
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let request = Request::post(path)
+        .header(header::HOST, authority.as_str())
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(payload)))
+        .map_err(|error| error.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|error| error.to_string())?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|error| error.to_string())?
+        .to_bytes();
+    Ok((status, body))
 }
 
 /// Returns the real uid, the real gid and the supplementary groups of this
@@ -828,6 +916,28 @@ mod tests {
         assert_eq!(fetch(port, &get("/slow?ms=1")).await.0, 200);
     }
 
+    fn resident_bytes() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    }
+
+    #[tokio::test]
+    async fn demo_allocate_keeps_memory_resident() {
+        let (port, _server) = start(settings_with(&[])).await;
+        assert_eq!(fetch(port, &get("/allocate?mb=x")).await.0, 400);
+        assert_eq!(fetch(port, &get("/allocate?mb=999999")).await.0, 400);
+
+        let before = resident_bytes();
+        assert_eq!(fetch(port, &get("/allocate?mb=64")).await.0, 200);
+        let after = resident_bytes();
+        assert!(
+            after >= before + (60 << 20),
+            "resident memory grew from {before} to {after} bytes"
+        );
+    }
+
     #[tokio::test]
     async fn demo_upgrade_echoes_bytes() {
         let (port, _server) = start(settings_with(&[])).await;
@@ -961,7 +1071,7 @@ mod tests {
         assert!(report["groups"].is_array());
         assert_eq!(fetch(port, &get("/allocate?mb=lots")).await.0, 400);
         assert_eq!(fetch(port, &get("/allocate")).await.0, 400);
-        assert_eq!(allocate_and_touch(3), 3 << 20);
+        assert_eq!(fetch(port, &get("/allocate?mb=3")).await.0, 200);
     }
 
     #[test]

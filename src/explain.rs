@@ -4,16 +4,17 @@
 //!
 //! The explanation walks the steps of `pipeline::route` in the same order
 //! and calls the same decision functions on the same compiled snapshot
-//! (`canonical::canonicalize`, `AccessControl::authorize`,
-//! `PathRules::redirect` and `rewrite`, `ReplayRules::find`,
-//! `compile::replay_body`, `cgi::find`, `StaticFiles::serve`,
+//! (`canonical::canonicalize`, `control::handles`, `status::answers`,
+//! `AccessControl::authorize`, `PathRules::redirect` and `rewrite`,
+//! `ReplayRules::find` with `fly::replay::decide` and `instruction`,
+//! `cgi::find`, `reverse_proxy::find`, `StaticFiles::serve`,
 //! `bots::blocks`, `TenantIndex::find`). Only the side effects are left
 //! out: nothing is proxied, no script or tenant runs. Static files are
 //! looked up on this machine's disk.
 
 use std::path::PathBuf;
 
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use serde::Serialize;
 use serde_json::Value;
@@ -23,14 +24,17 @@ use crate::auth::Decision;
 use crate::bots;
 use crate::canonical;
 use crate::cgi;
-use crate::compile::replay_body::{self, ReplayPlan};
-use crate::compile::rules::{ProxyMatch, ProxyRoute, expand_captures};
 use crate::compile::{self, Snapshot};
+use crate::control;
+use crate::fly::FlyEnvironment;
+use crate::fly::replay;
 use crate::limits;
 use crate::pipeline::{
     encode_path, health_response, is_clean_path, trailing_slash_status, upstream_path_and_query,
     with_query,
 };
+use crate::proxy::headers;
+use crate::reverse_proxy;
 use crate::status::{self, Stage};
 
 /// The request to explain, besides its path.
@@ -211,9 +215,32 @@ pub async fn explain(
         );
     }
 
-    // 3. Broadcast endpoint.
-    // NOTE: steps 3 and 5 test `cable.enabled` and the exact path, as the
-    // built-in cable's pipeline steps are to do; they are not wired yet.
+    // 2b. Control API.
+    if control::handles(snapshot, &path) {
+        if !request.loopback {
+            return out.answered(
+                2,
+                "control API",
+                Answer::Control,
+                Some(StatusCode::FORBIDDEN),
+                "the control API answers loopback clients only",
+            );
+        }
+        return out.answered(2, "control API", Answer::Control, None, "the control API");
+    }
+
+    // 2c. Status pages for loopback peers.
+    if status::answers(
+        snapshot,
+        &path,
+        request.loopback,
+        None,
+        Stage::BeforeAuthentication,
+    ) {
+        return status_page(out, 2);
+    }
+
+    // 3. Broadcast endpoint; the same test as the pipeline's.
     let cable = &snapshot.config.cable;
     if cable.enabled && path == cable.broadcast_path {
         let (status, outcome) = if !request.loopback {
@@ -235,17 +262,6 @@ pub async fn explain(
                 outcome,
             )
             .target(cable.broadcast_path.clone());
-    }
-
-    // Status pages for loopback peers.
-    if status::answers(
-        snapshot,
-        &path,
-        request.loopback,
-        None,
-        Stage::BeforeAuthentication,
-    ) {
-        return status_page(out);
     }
 
     // 4. Authentication.
@@ -285,7 +301,7 @@ pub async fn explain(
         },
     };
 
-    // Status pages for authenticated users on other peers.
+    // 4b. Status pages for authenticated users on other peers.
     if status::answers(
         snapshot,
         &path,
@@ -293,7 +309,7 @@ pub async fn explain(
         user.as_deref(),
         Stage::AfterAuthentication,
     ) {
-        return status_page(out);
+        return status_page(out, 4);
     }
 
     // 5. Cable endpoint.
@@ -340,7 +356,7 @@ pub async fn explain(
     }
     let path = rewritten.clone().unwrap_or(path);
     if let Some(rule) = snapshot.replay.find(&path, &request.method) {
-        return replay(snapshot, out, rule, request);
+        return replay(snapshot, out, rule, &parts.headers, request);
     }
     if snapshot.needs_trailing_slash(&path) {
         let location = with_query(format!("{}/", encode_path(&path)), query);
@@ -374,20 +390,37 @@ pub async fn explain(
     }
 
     // 8. Reverse proxy routes.
-    if let Some(route) = find_reverse_proxy(&snapshot.reverse_proxies, &path) {
-        let target = match &route.matcher {
-            ProxyMatch::Regex(regex) => expand_captures(regex, &path, &route.target),
-            ProxyMatch::Prefix(_) => route.target.clone(),
+    if let Some(matched) = reverse_proxy::find(&snapshot.reverse_proxies, &path) {
+        let route = matched.route;
+        let out = out.rule(format!("{} ({})", route.name, route.target));
+        if request.method == Method::OPTIONS && !route.response_headers.is_empty() {
+            return out.answered(
+                8,
+                "reverse proxy",
+                Answer::ReverseProxy,
+                Some(StatusCode::NO_CONTENT),
+                "CORS preflight answered with the route's response_headers",
+            );
+        }
+        let original = upstream_path_and_query(&parts, rewritten.as_deref());
+        return match matched.upstream_uri(&original) {
+            Ok(uri) => out
+                .answered(
+                    8,
+                    "reverse proxy",
+                    Answer::ReverseProxy,
+                    None,
+                    format!("proxied to {uri}"),
+                )
+                .target(uri.to_string()),
+            Err(_) => out.answered(
+                8,
+                "reverse proxy",
+                Answer::ReverseProxy,
+                Some(StatusCode::BAD_REQUEST),
+                "the request cannot be mapped to the upstream URL",
+            ),
         };
-        let outcome = if route.strip_path {
-            format!("proxied to {target} without the matched prefix")
-        } else {
-            format!("proxied to {target}")
-        };
-        return out
-            .answered(8, "reverse proxy", Answer::ReverseProxy, None, outcome)
-            .rule(format!("{} ({})", route.name, route.target))
-            .target(target);
     }
 
     // 9. Static files.
@@ -461,9 +494,9 @@ fn request_parts(
         .map_err(|error| format!("invalid request target {path_and_query:?}: {error}"))
 }
 
-fn status_page(out: Explanation) -> Explanation {
+fn status_page(out: Explanation, step: u8) -> Explanation {
     out.answered(
-        4,
+        step,
         "status page",
         Answer::Status,
         Some(StatusCode::OK),
@@ -540,61 +573,85 @@ fn replay(
     snapshot: &Snapshot,
     out: Explanation,
     rule: &compile::rules::ReplayRule,
+    headers: &HeaderMap,
     request: &Simulated,
 ) -> Explanation {
-    let fly = &snapshot.config.routes.fly;
-    let port = fly
-        .internal_port
-        .unwrap_or(snapshot.config.server.listen.port);
-    let fly_app = std::env::var("FLY_APP_NAME").unwrap_or_else(|_| "$FLY_APP_NAME".into());
-    let out = out.rule(rule.path.as_str());
-    match replay_body::plan(rule, &request.method, &request.headers, &fly_app, port) {
-        ReplayPlan::Replay { status, body } => {
+    let method = &request.method;
+    let environment = FlyEnvironment::from_process();
+    let out = out.rule(format!(
+        "{} ({})",
+        rule.path.as_str(),
+        replay::describe(&rule.target)
+    ));
+    // What the body reports when the request has no `Content-Length`: a
+    // chunked body has no known length, no body has length zero.
+    let body_length = match headers.get(CONTENT_LENGTH) {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|text| text.trim().parse().ok()),
+        None if headers.contains_key(TRANSFER_ENCODING) => None,
+        None => Some(0),
+    };
+    match replay::decide(method, headers, body_length) {
+        replay::Decision::Replay => {
+            let instruction =
+                replay::instruction(&rule.target, &environment, headers.get(AUTHORIZATION));
             let mut out = out.answered(
                 6,
                 "fly-replay",
                 Answer::FlyReplay,
-                Some(status),
+                Some(rule.status),
                 "answered with Fly-Replay",
             );
-            out.replay = Some(body);
+            if request.user.is_some() && !headers.contains_key(AUTHORIZATION) {
+                out.details.push(
+                    "a real request's Authorization header is passed on in set_headers".into(),
+                );
+            }
+            out.replay = Some(instruction);
             out
         }
-        ReplayPlan::PrivateNetwork { reason, url } => {
-            let mut out = out.answered(
-                6,
-                "fly-replay",
-                Answer::FlyReplay,
-                None,
-                format!("proxied over the private network: {reason}"),
-            );
-            if let Some(host) = url.strip_prefix("http://") {
-                if let Some(pinned) = fly.resolve.get(host.split(':').next().unwrap_or(host)) {
-                    out.details
-                        .push(format!("routes.fly.resolve pins the host to {pinned}"));
+        replay::Decision::PrivateNetwork(reason) => {
+            match replay::private_target(&rule.target, &environment, &snapshot.fly) {
+                Ok(destination) => {
+                    let answer = if headers::is_websocket_upgrade(headers) {
+                        Answer::WebSocket
+                    } else {
+                        Answer::FlyReplay
+                    };
+                    let mut out = out.answered(
+                        6,
+                        "fly-replay",
+                        answer,
+                        None,
+                        format!("proxied over the private network ({reason})"),
+                    );
+                    if destination.connect.as_str() != destination.host_port {
+                        out.details.push(format!(
+                            "routes.fly.resolve connects to {}",
+                            destination.connect
+                        ));
+                    }
+                    out.target(format!("http://{}", destination.host_port))
                 }
+                Err(error) => out.answered(
+                    6,
+                    "fly-replay",
+                    Answer::Error,
+                    Some(StatusCode::BAD_GATEWAY),
+                    error,
+                ),
             }
-            out.target(url)
         }
-        ReplayPlan::Maintenance => out.answered(
+        replay::Decision::Loop(header) => out.answered(
             6,
             "fly-replay",
             Answer::Maintenance,
             Some(StatusCode::SERVICE_UNAVAILABLE),
-            "already replayed once: maintenance page instead of a second replay",
+            format!("already replayed ({header}): the maintenance page, never a second replay"),
         ),
     }
-}
-
-/// Returns the first reverse proxy route matching `path`: a prefix that
-/// starts it, or a regex that matches it.
-// TODO: call the pipeline's own matcher once step 8 serves reverse proxy
-// routes, so both cannot drift apart.
-pub fn find_reverse_proxy<'a>(routes: &'a [ProxyRoute], path: &str) -> Option<&'a ProxyRoute> {
-    routes.iter().find(|route| match &route.matcher {
-        ProxyMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
-        ProxyMatch::Regex(regex) => regex.is_match(path),
-    })
 }
 
 /// The command line options of `navigator routes`.

@@ -3,6 +3,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use navigator::control::Action;
+use navigator::control::client::{self, Target};
 use navigator::{cli, config, explain, run};
 
 /// Front server and process supervisor for multi-tenant Rails deployments.
@@ -79,11 +81,70 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the tenants of the running server with their state.
+    Tenants {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Print the control API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop, restart or prewarm one tenant of the running server.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
     /// Run the built-in demo tenant (a stand-in for a Rails app).
     #[command(hide = true)]
     DemoTenant {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+}
+
+/// How the tenant commands find the running server.
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// The control API, e.g. http://127.0.0.1:3000/_navigator/; default:
+    /// server.listen and server.status.path of the config, on loopback.
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// Config file naming the server's address; default
+    /// config/navigator.toml, then config/navigator.yml.
+    #[arg(short = 'c', long, value_name = "CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    fn target(self) -> Target {
+        Target {
+            url: self.url,
+            config: self.config,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Stop the tenant's process (stop hooks, SIGTERM, grace period); the
+    /// next request starts it again.
+    Stop {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Replace the tenant's process by a new one without failing requests.
+    Restart {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Start the tenant now and keep it running, exempt from idle stops
+    /// and eviction, until it is stopped with `tenant stop`.
+    Prewarm {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
     },
 }
 
@@ -114,6 +175,15 @@ fn main() -> ExitCode {
             loopback,
             json,
         }),
+        Some(Command::Tenants { server, json }) => client::list_tenants(&server.target(), json),
+        Some(Command::Tenant { command }) => {
+            let (action, name, server) = match command {
+                TenantCommand::Stop { name, server } => (Action::Stop, name, server),
+                TenantCommand::Restart { name, server } => (Action::Restart, name, server),
+                TenantCommand::Prewarm { name, server } => (Action::Prewarm, name, server),
+            };
+            client::tenant_action(&server.target(), action, &name)
+        }
         Some(Command::DemoTenant { .. }) => navigator::demo::run_blocking(),
         None => {
             let config = args.config.or(args.config_option);

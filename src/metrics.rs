@@ -10,7 +10,7 @@
 //! example `metrics::REPLAYS.inc()`.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::access_log::Answer;
@@ -43,34 +43,6 @@ impl Counter {
 impl Default for Counter {
     fn default() -> Self {
         Counter::new()
-    }
-}
-
-/// A value that goes up and down, such as open connections.
-#[derive(Debug)]
-pub struct Gauge(AtomicI64);
-
-impl Gauge {
-    pub const fn new() -> Gauge {
-        Gauge(AtomicI64::new(0))
-    }
-
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn dec(&self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-impl Default for Gauge {
-    fn default() -> Self {
-        Gauge::new()
     }
 }
 
@@ -180,10 +152,8 @@ pub static TENANT_START_SECONDS: Histogram<{ START_BUCKETS.len() }> = Histogram:
 /// Requests answered with `Fly-Replay`.
 pub static REPLAYS: Counter = Counter::new();
 
-/// Open connections to the built-in cable (WebSocket pub/sub).
-pub static CABLE_CONNECTIONS: Gauge = Gauge::new();
-
-/// Connections the built-in cable accepted since startup.
+/// Connections the built-in cable accepted since startup; the open ones
+/// are counted by the cable's hub.
 pub static CABLE_CONNECTIONS_OPENED: Counter = Counter::new();
 
 /// Config reloads that were rejected (invalid file, unusable address or
@@ -224,6 +194,8 @@ pub struct Gauges {
     pub tenant_start_failures: u64,
     pub tenant_stops: u64,
     pub recent_errors: u64,
+    pub cable_connections: usize,
+    pub cable_dropped_messages: u64,
 }
 
 /// Renders every metric in the Prometheus text format.
@@ -377,7 +349,7 @@ pub fn render(gauges: &Gauges) -> String {
         "navigator_cable_connections",
         "gauge",
         "Open connections to the built-in cable.",
-        CABLE_CONNECTIONS.get(),
+        gauges.cable_connections,
     );
     single(
         &mut out,
@@ -385,6 +357,13 @@ pub fn render(gauges: &Gauges) -> String {
         "counter",
         "Connections the built-in cable accepted.",
         CABLE_CONNECTIONS_OPENED.get(),
+    );
+    single(
+        &mut out,
+        "navigator_cable_dropped_messages_total",
+        "counter",
+        "Cable messages dropped because a slow client's queue was full.",
+        gauges.cable_dropped_messages,
     );
     single(
         &mut out,

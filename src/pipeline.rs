@@ -23,9 +23,12 @@ use crate::bots;
 use crate::canonical;
 use crate::cgi;
 use crate::compile::{Snapshot, TenantSpec};
+use crate::control;
+use crate::fly;
 use crate::limits;
 use crate::proxy::{self, Forward, Forwarding, ProxyError, headers::X_REQUEST_ID};
 use crate::responses;
+use crate::reverse_proxy;
 use crate::status::{self, Stage};
 use crate::supervisor::tenants::AcquireError;
 
@@ -54,10 +57,16 @@ pub async fn handle(
     connection: Connection,
     request: Request<Incoming>,
 ) -> Response<Body> {
+    let started = Instant::now();
+
+    // Machine idle: count the request (health checks excepted) until its
+    // response body ends; after an idle action, resume first.
+    let activity = fly::idle::track_request(&app, &request).await;
+
     let snapshot = app.snapshot();
     let request_id = request_id(&request);
     let record = AccessRecord {
-        started: Instant::now(),
+        started,
         client: client_address(&snapshot, &connection, &request),
         user: None,
         method: request.method().clone(),
@@ -87,10 +96,8 @@ pub async fn handle(
         .insert(X_REQUEST_ID, context.request_id.clone());
     let status = response.status().as_u16();
     let (parts, body) = response.into_parts();
-    Response::from_parts(
-        parts,
-        access_log::log_on_completion(body, context.record, status),
-    )
+    let body = access_log::log_on_completion(body, context.record, status);
+    Response::from_parts(parts, fly::idle::hold_until_end(body, activity))
 }
 
 /// The pipeline, step by step.
@@ -137,12 +144,28 @@ async fn route(
         return response;
     }
 
-    // 3. Broadcast endpoint (loopback peers only).
-    // TODO: the built-in cable's broadcast endpoint answers here.
+    // 2b. Control API under `server.status.path` (loopback peers only).
+    // It comes before authentication because it is judged by the socket
+    // peer alone: credentials neither open it to other hosts nor are
+    // needed on loopback, and it must work in maintenance mode.
+    if let Some(response) = control::serve(app, context, &path, &head.method).await {
+        return response;
+    }
 
-    // Status pages for loopback peers, who need no credentials.
+    // 2c. Status pages under the same prefix, for loopback peers without
+    // credentials; other peers get them after step 4.
     if let Some(response) = status::serve(app, context, &path, &head, Stage::BeforeAuthentication) {
         return response;
+    }
+
+    // 3. Broadcast endpoint (loopback peers only).
+    let cable = &snapshot.config.cable;
+    if cable.enabled && path == cable.broadcast_path {
+        context.record.answer = Answer::Broadcast;
+        return app
+            .cable
+            .broadcast_endpoint(&head.method, body, context.connection.peer)
+            .await;
     }
 
     // 4. Authentication, before every routing decision. A path that a glob
@@ -167,15 +190,20 @@ async fn route(
         }
     }
 
-    // Status pages for authenticated users on other peers.
+    // 4b. Status pages for authenticated users on other peers.
     if let Some(response) = status::serve(app, context, &path, &head, Stage::AfterAuthentication) {
         return response;
     }
 
     // 5. Cable endpoint.
-    // TODO: the built-in cable's WebSocket endpoint answers here; it
-    // counts connections in `metrics::CABLE_CONNECTIONS` (open) and
-    // `metrics::CABLE_CONNECTIONS_OPENED`.
+    if cable.enabled && path == cable.path {
+        context.record.answer = Answer::WebSocket;
+        context.record.target = Some("cable".to_string());
+        let activity = app.fly.idle.track();
+        return app
+            .cable
+            .accept(&mut head, context.connection.peer, activity);
+    }
 
     // 6. Redirects, rewrites, Fly-Replay, trailing-slash redirects.
     if let Some(response) = redirect(&snapshot, context, &path, &head) {
@@ -189,9 +217,10 @@ async fn route(
         }
     }
     let path = rewritten.clone().unwrap_or(path);
-    // TODO: Fly-Replay rules answer here (first match in config order),
-    // with the body from `compile::replay_body`; count each replay with
-    // `metrics::REPLAYS.inc()`.
+    if let Some(rule) = snapshot.replay.find(&path, &head.method) {
+        let request = Request::from_parts(head, body);
+        return fly::replay::answer(app, context, rule, request).await;
+    }
     if let Some(response) = trailing_slash_redirect(&snapshot, context, &path, &head) {
         return response;
     }
@@ -202,7 +231,12 @@ async fn route(
     }
 
     // 8. Reverse proxy routes.
-    // TODO: reverse proxy routes answer here (first match).
+    if let Some(matched) = reverse_proxy::find(&snapshot.reverse_proxies, &path) {
+        let original = upstream_path_and_query(&head, rewritten.as_deref());
+        let request = Request::from_parts(head, body);
+        let client = &snapshot.reverse_proxy_client;
+        return reverse_proxy::serve(client, matched, context, request, &original).await;
+    }
 
     // 9. Static files, also during maintenance.
     if let Some(response) = static_file(&snapshot, context, &path, &head).await {
@@ -473,6 +507,11 @@ async fn proxy_to_tenant(
             context.record.answer = Answer::Maintenance;
             return maintenance_page(&context.snapshot, 5).await;
         }
+        Err(AcquireError::QueueFull | AcquireError::QueueTimeout) => {
+            // Counted and logged (rate-limited) by the supervisor.
+            context.record.answer = Answer::Maintenance;
+            return maintenance_page(&context.snapshot, 5).await;
+        }
         Err(AcquireError::StartFailed(reason)) => {
             warn!(tenant = %tenant.name, request_id = ?context.request_id, error = %reason, "tenant unavailable");
             context.record.answer = Answer::Error;
@@ -490,7 +529,7 @@ async fn proxy_to_tenant(
         context.record.answer = Answer::WebSocket;
     }
     let guard: proxy::Guard = if websocket && tenant.track_websockets {
-        Box::new((lease.websocket(), lease))
+        Box::new((lease.websocket(), lease, app.fly.idle.track()))
     } else {
         Box::new(lease)
     };

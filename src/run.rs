@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 use crate::app::App;
 use crate::compile::{self, Snapshot};
 use crate::config::units::Listen;
+use crate::fly;
 use crate::hooks::{self, ServerEvent};
 use crate::log_shipping;
 use crate::logging::{self, LogControl};
@@ -116,6 +117,9 @@ pub async fn run(config_path: PathBuf) -> i32 {
         }
     });
     tokio::spawn(app.supervisor.clone().run_idle_reaper());
+    tokio::spawn(fly::idle::run_monitor(app.clone()));
+    tokio::spawn(app.supervisor.clone().run_memory_monitor());
+    app.supervisor.prewarm();
     let mut lifecycle = Lifecycle {
         app,
         log,
@@ -406,6 +410,7 @@ impl Lifecycle {
         self.switch_pid_file(&snapshot);
         let tenants = snapshot.tenants.len();
         app.install(snapshot);
+        app.supervisor.prewarm();
         if let Some(listener) = new_listener {
             let old_acceptor = std::mem::replace(
                 &mut self.acceptor,
@@ -535,10 +540,14 @@ impl Lifecycle {
     }
 }
 
+/// How long shutdown waits for WebSocket clients to take their close
+/// frame before their connections are dropped.
+const CABLE_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Closes the built-in cable's WebSocket connections with status 1001
 /// (going away) at shutdown.
-async fn close_websockets(_app: &App) {
-    // TODO: the cable hub closes its WebSocket connections with 1001 here.
+async fn close_websockets(app: &App) {
+    app.cable.close_all(CABLE_CLOSE_GRACE).await;
 }
 
 fn write_pid_file(path: &Path) {

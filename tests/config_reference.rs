@@ -10,7 +10,7 @@
 //!
 //! Conventions of the reference that the test relies on:
 //! - each key is one table row whose first cell is its full path in
-//!   backticks (a path always contains a dot) (`server.limits.max_body_bytes`, lists of tables with `[]`:
+//!   backticks (a path always contains a dot and no space) (`server.limits.max_body_bytes`, lists of tables with `[]`:
 //!   `applications.tenants[].path`), followed by type, default and meaning;
 //! - a list of hooks is one row, and the fields of a hook are documented
 //!   once as `hook.command`, `hook.args`, ...;
@@ -140,6 +140,13 @@ default_memory_limit = "768M"
 user = "rails"
 group = "rails"
 grace_period = "10s"
+prewarm = ["2025/*"]
+max_concurrency = 4
+max_queue = 20
+queue_timeout = "20s"
+max_requests = 5000
+recycle_memory = "600M"
+memory_check_interval = "10s"
 
 [[applications.hooks.start]]
 command = "a"
@@ -166,8 +173,15 @@ runtime = "bundle"
 server = "exec"
 public_dir = "public"
 hooks = { start = [{ command = "a" }], stop = [{ command = "a" }] }
+prewarm = true
+max_concurrency = 8
+max_queue = 10
+queue_timeout = "10s"
+max_requests = 1000
+recycle_memory = "700M"
 
 [routes]
+tls_ca_file = "ca.pem"
 redirects = [{ from = "^/$", to = "/s/", status = 301 }]
 rewrites = [{ from = "^/a", to = "/b", pattern = "^/c", replacement = "/d", redirect = true, status = 302, methods = ["GET"] }]
 reverse_proxies = [{ name = "api", path = "^/api", prefix = "/api", target = "http://127.0.0.1:9", strip_path = true, headers = { X-A = "1" }, response_headers = { X-B = "2" }, websocket = true }]
@@ -317,9 +331,10 @@ fn documented(text: &str) -> BTreeMap<String, Row> {
         let Some((key, _)) = rest.split_once('`') else {
             continue;
         };
-        // Every key path has a dot; other tables (such as the fields of a
-        // log record) have plain names in their first column.
-        if !key.contains('.') {
+        // Every key path has a dot and no space; other tables (the fields
+        // of a log record, the control API's routes) have other names in
+        // their first column.
+        if !key.contains('.') || key.contains(' ') {
             continue;
         }
         let cells: Vec<String> = line

@@ -315,8 +315,9 @@ impl Row {
         self.target = Some(target);
         self
     }
-    /// The answering step is not served by the pipeline yet, or the
-    /// request needs a peer other than loopback.
+    /// The request cannot be sent to the running server: it needs a peer
+    /// other than loopback, or the answer would contact a host that is not
+    /// on this machine (a private-network address, a stopped upstream).
     const fn not_served(mut self) -> Row {
         self.served = false;
         self
@@ -376,8 +377,7 @@ fn table() -> Vec<Row> {
         row("GET", "/showcase/2025/adelaide/adelaide-combined/")
             .user()
             .headers(&[("Authorization", CREDENTIALS)])
-            .expect(6, "fly-replay", Some(307))
-            .not_served(),
+            .expect(6, "fly-replay", Some(307)),
         row("GET", "/showcase/2025/adelaide/adelaide-combined/").expect(
             4,
             "auth-failure",
@@ -388,13 +388,11 @@ fn table() -> Vec<Row> {
             .target("showcase"),
         row("GET", "/showcase/2025/raleigh/disney/heat-sheets.pdf")
             .user()
-            .expect(6, "fly-replay", Some(307))
-            .not_served(),
+            .expect(6, "fly-replay", Some(307)),
         row("GET", "/showcase/2025/raleigh/disney/heat-sheets.pdf")
             .user()
             .headers(&[("Fly-Replay-Failed", "timeout")])
-            .expect(6, "maintenance", Some(503))
-            .not_served(),
+            .expect(6, "maintenance", Some(503)),
         row("POST", "/showcase/2025/adelaide/adelaide-combined/entries")
             .user()
             .length(2 * 1024 * 1024)
@@ -403,11 +401,8 @@ fn table() -> Vec<Row> {
             .not_served(),
         row("GET", "/showcase/2025/boston/special/heats")
             .user()
-            .expect(6, "fly-replay", Some(307))
-            .not_served(),
-        row("GET", "/showcase/regions/syd/demo/")
-            .expect(6, "fly-replay", Some(307))
-            .not_served(),
+            .expect(6, "fly-replay", Some(307)),
+        row("GET", "/showcase/regions/syd/demo/").expect(6, "fly-replay", Some(307)),
         row("GET", "/showcase/regions/iad/demo/")
             .headers(BOT)
             .expect(12, "proxy", None)
@@ -443,7 +438,17 @@ fn table() -> Vec<Row> {
             .expect(0, "error", Some(413)),
         row("GET", "/_navigator/status.json")
             .loopback()
-            .expect(4, "status", Some(200)),
+            .expect(2, "status", Some(200)),
+        row("GET", "/_navigator/status.json")
+            .user()
+            .expect(4, "status", Some(200))
+            .not_served(),
+        row("GET", "/_navigator/tenants.json")
+            .loopback()
+            .expect(2, "control", None),
+        row("GET", "/_navigator/tenants.json")
+            .expect(2, "control", Some(403))
+            .not_served(),
         row("GET", "/_navigator/status.json")
             .expect(4, "auth-failure", Some(401))
             .not_served(),
@@ -463,8 +468,17 @@ fn explain(config: &Path, row: &Row) -> Value {
         .args(["-X", row.method])
         .env("FLY_APP_NAME", "smooth")
         .current_dir(config.parent().unwrap());
+    let has_credentials = row
+        .headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("authorization"));
     if row.user {
         command.args(["--user", "judge"]);
+        // A real authenticated request carries them, and a replay body
+        // passes them on.
+        if !has_credentials {
+            command.args(["--header", &format!("Authorization: {CREDENTIALS}")]);
+        }
     }
     for (name, value) in row.headers {
         command.args(["--header", &format!("{name}: {value}")]);
@@ -534,7 +548,7 @@ fn replay_bodies_explained() {
     );
     assert_eq!(
         region["rule"],
-        "^/showcase/(?:2025)/(?:adelaide|hornsby|perth|sydney)/.+$"
+        "^/showcase/(?:2025)/(?:adelaide|hornsby|perth|sydney)/.+$ (region=syd)"
     );
 
     let pdf = explain(
@@ -639,7 +653,7 @@ fn explanations_match_the_server() {
     let dir = tempfile::tempdir().unwrap();
     write_region(dir.path(), false);
     let text = std::fs::read_to_string(dir.path().join("navigator.toml")).unwrap();
-    let navigator = Navigator::start_in(dir, &text, &[]);
+    let navigator = Navigator::start_in(dir, &text, &[("FLY_APP_NAME", "smooth")]);
     let config = navigator.config.clone();
 
     for (index, row) in table().iter().enumerate().filter(|(_, row)| row.served) {
@@ -647,7 +661,10 @@ fn explanations_match_the_server() {
         let request_id = format!("row-{index}");
         let mut headers: Vec<(&str, &str)> = row.headers.to_vec();
         headers.push(("X-Request-Id", &request_id));
-        if row.user {
+        let has_credentials = headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("authorization"));
+        if row.user && !has_credentials {
             headers.push(("Authorization", CREDENTIALS));
         }
         let body = vec![b'x'; row.content_length.unwrap_or(0).min(64 * 1024) as usize];
@@ -682,6 +699,9 @@ fn explanations_match_the_server() {
         match explained["status"].as_u64() {
             Some(status) => assert_eq!(u64::from(response.status), status, "{label}"),
             None => assert_eq!(response.status, 200, "{label}"),
+        }
+        if explained["replay"].is_object() {
+            assert_eq!(response.json(), explained["replay"], "{label}");
         }
         let line = navigator
             .logs

@@ -2,8 +2,8 @@
 //! built once per load so that nothing is parsed or compiled per request.
 //! A reload builds a new snapshot and swaps it in whole.
 
-pub mod replay_body;
 pub mod rules;
+pub mod supervision;
 pub mod tenants;
 
 use std::collections::HashMap;
@@ -44,6 +44,10 @@ pub struct PoolSettings {
     pub start_port: u16,
     pub end_port: u16,
     pub grace_period: Duration,
+    /// How often tenants with `recycle_memory` have their memory read.
+    pub memory_check_interval: Duration,
+    /// `pools.prewarm` globs that match no tenant, for a warning.
+    pub prewarm_unmatched: Vec<String>,
 }
 
 pub struct Snapshot {
@@ -60,10 +64,14 @@ pub struct Snapshot {
     pub maintenance_page: String,
     pub path_rules: PathRules,
     pub replay: ReplayRules,
+    pub fly: crate::fly::FlyRoutes,
     pub auth: AuthRules,
     /// The public-path matchers and the htpasswd file built from `auth`.
     pub access: AccessControl,
     pub reverse_proxies: Vec<ProxyRoute>,
+    /// The pooled client for reverse proxy targets; trusts the public web
+    /// roots plus `routes.tls_ca_file`.
+    pub reverse_proxy_client: crate::reverse_proxy::Client,
     pub cgi: HashMap<String, CgiScript>,
     pub bot_detection: BotDetection,
     pub tenants: TenantIndex,
@@ -153,6 +161,7 @@ impl Snapshot {
 
         let path_rules = PathRules::compile(&loaded, &mut errors);
         let replay = ReplayRules::compile(&loaded, &mut errors);
+        let fly = crate::fly::FlyRoutes::compile(&loaded, &mut errors);
         let auth = AuthRules::compile(&loaded, &mut errors);
         let access = AccessControl::compile(&loaded, &auth, &mut errors);
         let bots_enabled = server.bot_detection.enabled
@@ -166,6 +175,14 @@ impl Snapshot {
             crate::bots::warm_up();
         }
         let reverse_proxies = rules::compile_reverse_proxies(&loaded, &mut errors);
+        let ca_file = config.routes.tls_ca_file.as_deref();
+        let reverse_proxy_client = match crate::reverse_proxy::new_client(ca_file) {
+            Ok(client) => Some(client),
+            Err(message) => {
+                errors.push(loaded.error_at("routes.tls_ca_file", message));
+                None
+            }
+        };
 
         let mut cgi = HashMap::new();
         for (i, script) in server.cgi_scripts.iter().enumerate() {
@@ -177,7 +194,8 @@ impl Snapshot {
             }
         }
 
-        let tenant_specs = tenants::resolve(&loaded, env, &mut errors);
+        let prewarm = supervision::PrewarmPatterns::compile(&loaded, &mut errors);
+        let tenant_specs = tenants::resolve(&loaded, env, &prewarm, &mut errors);
 
         let pools = &config.applications.pools;
         if pools.max_size == 0 {
@@ -207,9 +225,18 @@ impl Snapshot {
             }
         }
 
-        if !errors.is_empty() {
-            return Err(ConfigErrors(errors));
+        if pools.memory_check_interval.is_zero() {
+            errors.push(loaded.error_at(
+                "applications.pools.memory_check_interval",
+                "memory_check_interval must be longer than 0",
+            ));
         }
+        let prewarm_unmatched =
+            prewarm.unmatched(tenant_specs.iter().map(|spec| spec.name.as_str()));
+
+        let Some(reverse_proxy_client) = reverse_proxy_client.filter(|_| errors.is_empty()) else {
+            return Err(ConfigErrors(errors));
+        };
 
         Ok(Snapshot {
             root_path,
@@ -219,9 +246,11 @@ impl Snapshot {
             maintenance_page: config.maintenance.page.clone(),
             path_rules,
             replay,
+            fly,
             auth,
             access,
             reverse_proxies,
+            reverse_proxy_client,
             cgi,
             bot_detection: server.bot_detection.clone(),
             tenants: TenantIndex::new(tenant_specs),
@@ -231,6 +260,8 @@ impl Snapshot {
                 start_port: pools.start_port,
                 end_port,
                 grace_period: pools.grace_period.get(),
+                memory_check_interval: pools.memory_check_interval.get(),
+                prewarm_unmatched,
             },
             config,
             loaded,

@@ -2,10 +2,11 @@
 //! auth patterns and reverse proxy routes. Every regex is compiled here; an
 //! invalid one is a config error, never skipped.
 
-use http::{Method, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use regex::{Regex, RegexSet};
 
 use crate::config::{ConfigError, Loaded};
+use crate::reverse_proxy::template::{HeaderTemplate, TargetTemplate};
 
 /// Compiles `pattern`, reporting an invalid one at `key`.
 pub fn compile_regex(
@@ -415,10 +416,14 @@ pub enum ProxyMatch {
 pub struct ProxyRoute {
     pub name: String,
     pub matcher: ProxyMatch,
+    /// The target as written, for logs.
     pub target: String,
+    pub target_template: TargetTemplate,
     pub strip_path: bool,
-    pub headers: Vec<(String, String)>,
-    pub response_headers: Vec<(String, String)>,
+    /// Request headers set on the way upstream, with `$host`,
+    /// `$remote_addr` and `$scheme` substituted.
+    pub headers: Vec<(HeaderName, HeaderTemplate)>,
+    pub response_headers: HeaderMap,
     pub websocket: bool,
 }
 
@@ -432,7 +437,14 @@ pub fn compile_reverse_proxies(loaded: &Loaded, errors: &mut Vec<ConfigError>) -
                 Some(regex) => ProxyMatch::Regex(regex),
                 None => continue,
             },
-            (None, Some(prefix)) => ProxyMatch::Prefix(prefix.clone()),
+            (None, Some(prefix)) if prefix.starts_with('/') => ProxyMatch::Prefix(prefix.clone()),
+            (None, Some(prefix)) => {
+                errors.push(loaded.error_at(
+                    &format!("{key}.prefix"),
+                    format!("prefix {prefix:?} must start with `/`"),
+                ));
+                continue;
+            }
             _ => {
                 errors.push(loaded.error_at(
                     &key,
@@ -441,18 +453,37 @@ pub fn compile_reverse_proxies(loaded: &Loaded, errors: &mut Vec<ConfigError>) -
                 continue;
             }
         };
-        let target_ok = route.target.starts_with("http://") || route.target.starts_with("https://");
-        if !target_ok {
-            errors.push(
-                loaded
-                    .error_at(
-                        &format!("{key}.target"),
-                        format!("invalid target {:?}", route.target),
-                    )
-                    .with_hint("targets are http:// or https:// URLs"),
-            );
+        let Some(target_template) = compile_target(loaded, &key, &route.target, &matcher, errors)
+        else {
             continue;
+        };
+
+        let mut headers = Vec::new();
+        for (name, value) in &route.headers {
+            match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(header) => headers.push((header, HeaderTemplate::parse(value))),
+                Err(_) => errors.push(loaded.error_at(
+                    &format!("{key}.headers.{name}"),
+                    format!("invalid header name {name:?}"),
+                )),
+            }
         }
+        let mut response_headers = HeaderMap::new();
+        for (name, value) in &route.response_headers {
+            match (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                (Ok(name), Ok(value)) => {
+                    response_headers.insert(name, value);
+                }
+                _ => errors.push(loaded.error_at(
+                    &format!("{key}.response_headers.{name}"),
+                    format!("invalid header {name}: {value:?}"),
+                )),
+            }
+        }
+
         routes.push(ProxyRoute {
             name: route
                 .name
@@ -460,21 +491,55 @@ pub fn compile_reverse_proxies(loaded: &Loaded, errors: &mut Vec<ConfigError>) -
                 .unwrap_or_else(|| format!("reverse_proxies[{i}]")),
             matcher,
             target: route.target.clone(),
+            target_template,
             strip_path: route.strip_path,
-            headers: route
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            response_headers: route
-                .response_headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            headers,
+            response_headers,
             websocket: route.websocket,
         });
     }
     routes
+}
+
+/// Parses a route's target; a target without capture references must
+/// already be a valid absolute `http://` or `https://` URL.
+fn compile_target(
+    loaded: &Loaded,
+    key: &str,
+    target: &str,
+    matcher: &ProxyMatch,
+    errors: &mut Vec<ConfigError>,
+) -> Option<TargetTemplate> {
+    let key = format!("{key}.target");
+    if !(target.starts_with("http://") || target.starts_with("https://")) {
+        errors.push(
+            loaded
+                .error_at(&key, format!("invalid target {target:?}"))
+                .with_hint("targets are http:// or https:// URLs"),
+        );
+        return None;
+    }
+    let regex = match matcher {
+        ProxyMatch::Regex(regex) => Some(regex),
+        ProxyMatch::Prefix(_) => None,
+    };
+    let template = match TargetTemplate::parse(target, regex) {
+        Ok(template) => template,
+        Err(message) => {
+            errors.push(loaded.error_at(&key, message));
+            return None;
+        }
+    };
+    if !template.uses_captures() {
+        let valid = target
+            .parse::<http::Uri>()
+            .is_ok_and(|uri| uri.authority().is_some_and(|a| !a.host().is_empty()));
+        if !valid {
+            errors.push(loaded.error_at(&key, format!("invalid target URL {target:?}")));
+            return None;
+        }
+    }
+    Some(template)
 }
 
 #[cfg(test)]
@@ -557,6 +622,38 @@ mod tests {
         assert_eq!(region.target, ReplayTarget::Region("syd".into()));
         assert!(rules.find("/post-only", &Method::GET).is_none());
         assert!(rules.find("/post-only", &Method::POST).is_some());
+    }
+
+    #[test]
+    fn reverse_proxy_target_checked() {
+        let text = "[[routes.reverse_proxies]]\npath = \"^/a/(x)$\"\ntarget = \"http://h/$2\"\n\
+                    [[routes.reverse_proxies]]\nprefix = \"/b\"\ntarget = \"ftp://h/\"\n\
+                    [[routes.reverse_proxies]]\nprefix = \"/c\"\ntarget = \"http://h/\"\n\
+                    headers = { \"Bad Name\" = \"x\" }\n\
+                    [[routes.reverse_proxies]]\nprefix = \"/d\"\ntarget = \"http://h/base\"\n\
+                    headers = { \"X-Client\" = \"$remote_addr\" }\n\
+                    response_headers = { \"Access-Control-Allow-Origin\" = \"*\" }\n";
+        let loaded = loaded(text);
+        let mut errors = Vec::new();
+        let routes = compile_reverse_proxies(&loaded, &mut errors);
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "routes.reverse_proxies[0].target",
+                "routes.reverse_proxies[1].target",
+                "routes.reverse_proxies[2].headers.Bad Name",
+            ]
+        );
+        assert!(
+            errors[0].message.contains("1 group(s)"),
+            "{}",
+            errors[0].message
+        );
+        assert_eq!(routes.len(), 2);
+        let route = &routes[1];
+        assert_eq!(route.headers[0].0, "x-client");
+        assert_eq!(route.response_headers["access-control-allow-origin"], "*");
     }
 
     #[test]

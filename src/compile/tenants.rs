@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::supervision::{self, PrewarmPatterns, Supervision};
 use crate::config::expand::{self, PORT_PLACEHOLDER};
 use crate::config::schema::{BotDetection, Hook, TenantHooks};
 use crate::config::{ConfigError, EnvLookup, Loaded};
@@ -65,8 +66,11 @@ pub struct TenantSpec {
     pub bot_detection: Option<BotDetection>,
     pub start_hooks: Vec<ResolvedHook>,
     pub stop_hooks: Vec<ResolvedHook>,
-    /// `PIDFILE` from the tenant environment.
+    /// `PIDFILE` from the tenant environment; an empty value means none.
     pub pidfile: Option<PathBuf>,
+    /// Prewarming, the request queue and recycling. Not part of the launch
+    /// spec: a reload that changes only these keeps the process.
+    pub supervision: Supervision,
 }
 
 /// Tenants by path prefix. A lookup tries the request path's own prefixes
@@ -209,6 +213,7 @@ pub fn default_name(root_path: &str, path: &str) -> String {
 pub fn resolve(
     loaded: &Loaded,
     env: EnvLookup<'_>,
+    prewarm: &PrewarmPatterns,
     errors: &mut Vec<ConfigError>,
 ) -> Vec<TenantSpec> {
     let config = &loaded.config;
@@ -348,6 +353,7 @@ pub fn resolve(
             };
         let start_hooks = resolve_hooks("start", |set| &set.start);
         let stop_hooks = resolve_hooks("stop", |set| &set.stop);
+        let supervision = supervision::resolve(loaded, &key, &name, tenant, prewarm, errors);
 
         if failed {
             continue;
@@ -357,6 +363,7 @@ pub fn resolve(
         let pidfile = env
             .iter()
             .find(|(var, _)| var == "PIDFILE")
+            .filter(|(_, value)| !value.is_empty())
             .map(|(_, value)| PathBuf::from(value));
         resolved.push(TenantSpec {
             name,
@@ -385,6 +392,7 @@ pub fn resolve(
             start_hooks,
             stop_hooks,
             pidfile,
+            supervision,
         });
     }
     resolved
@@ -455,6 +463,7 @@ mod tests {
             start_hooks: vec![],
             stop_hooks: vec![],
             pidfile: None,
+            supervision: Supervision::default(),
         }
     }
 

@@ -435,6 +435,22 @@ pub struct Pools {
     pub group: Option<String>,
     /// Time between SIGTERM and SIGKILL when a tenant stops.
     pub grace_period: Duration,
+    /// Globs on tenant names (`2025/raleigh/*`) marking tenants to
+    /// prewarm, in addition to each tenant's own `prewarm`.
+    pub prewarm: Vec<String>,
+    /// Default of the tenants' `max_concurrency`; absent means unlimited.
+    pub max_concurrency: Option<usize>,
+    /// Default of the tenants' `max_queue`.
+    pub max_queue: usize,
+    /// Default of the tenants' `queue_timeout`.
+    pub queue_timeout: Duration,
+    /// Default of the tenants' `max_requests`.
+    pub max_requests: Option<u64>,
+    /// Default of the tenants' `recycle_memory`.
+    pub recycle_memory: Option<ByteSize>,
+    /// How often the resident memory of tenants with `recycle_memory` is
+    /// read.
+    pub memory_check_interval: Duration,
 }
 
 impl Default for Pools {
@@ -448,6 +464,13 @@ impl Default for Pools {
             user: None,
             group: None,
             grace_period: Duration::from_secs(10),
+            prewarm: Vec::new(),
+            max_concurrency: None,
+            max_queue: 100,
+            queue_timeout: Duration::from_secs(30),
+            max_requests: None,
+            recycle_memory: None,
+            memory_check_interval: Duration::from_secs(10),
         }
     }
 }
@@ -476,6 +499,20 @@ pub struct Tenant {
     pub user: Option<String>,
     pub group: Option<String>,
     pub hooks: TenantHooks,
+    /// Start the process at boot and after each reload, and keep it
+    /// running; `false` also opts out of `pools.prewarm` patterns.
+    pub prewarm: Option<bool>,
+    /// Requests served at once; further ones wait in the queue.
+    pub max_concurrency: Option<usize>,
+    /// Requests that may wait for a place when `max_concurrency` is reached.
+    pub max_queue: Option<usize>,
+    /// How long a request waits in the queue before it gets a 503.
+    pub queue_timeout: Option<Duration>,
+    /// Replace the process after it served this many requests.
+    pub max_requests: Option<u64>,
+    /// Replace the process when its process group's resident memory
+    /// exceeds this size.
+    pub recycle_memory: Option<ByteSize>,
     /// Navigator: a key of `applications.runtime`/`server`/`args`.
     pub framework: Option<String>,
     /// Navigator: the program, e.g. `bundle`.
@@ -512,6 +549,9 @@ pub struct Routes {
     pub redirects: Vec<Redirect>,
     pub rewrites: Vec<Rewrite>,
     pub reverse_proxies: Vec<ReverseProxy>,
+    /// PEM file of extra CA certificates trusted for `https://` reverse
+    /// proxy targets, besides the public web roots.
+    pub tls_ca_file: Option<PathBuf>,
     pub fly: Fly,
     /// Navigator's older spelling of `fly.replay`.
     pub fly_replay: Vec<ReplayRule>,

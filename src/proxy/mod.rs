@@ -152,7 +152,12 @@ pub async fn forward(
     Ok(Response::from_parts(parts, body.boxed()))
 }
 
-async fn run_tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// Copies bytes both ways between an upgraded client connection and an
+/// upgraded upstream connection until either side closes.
+pub(crate) async fn run_tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(error) => {

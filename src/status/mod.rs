@@ -18,6 +18,8 @@
 pub mod page;
 pub mod recent;
 
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -33,6 +35,7 @@ use crate::compile::Snapshot;
 use crate::managed::ManagedState;
 use crate::metrics;
 use crate::pipeline::RequestContext;
+use crate::supervisor::memory;
 
 /// The pipeline position of a `serve` call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,30 +54,41 @@ enum Resource {
     Metrics,
 }
 
-/// Returns the prefix of the status pages, ending in `/`, or `None` when
-/// they are disabled.
+/// Returns the prefix of the status pages as configured (with or without
+/// its final `/`), or `None` when they are disabled.
 pub fn prefix(snapshot: &Snapshot) -> Option<&str> {
     let status = &snapshot.config.server.status;
     (status.enabled && !status.path.is_empty()).then_some(status.path.as_str())
 }
 
-/// Checks `server.status.path`: an absolute path ending in `/`.
+/// Checks `server.status.path`: an absolute path below `/`, such as
+/// `/_navigator/` (the final `/` is optional).
 pub fn validate_path(path: &str) -> Result<(), String> {
-    if !path.starts_with('/') || !path.ends_with('/') || path.contains("//") {
+    let valid =
+        path.starts_with('/') && !path.trim_end_matches('/').is_empty() && !path.contains("//");
+    if !valid {
         return Err(format!(
-            "status path {path:?} must start and end with `/`, e.g. \"/_navigator/\""
+            "status path {path:?} must be an absolute path below /, e.g. \"/_navigator/\""
         ));
     }
     Ok(())
 }
 
+/// Returns the resource `path` names under `prefix`: the page is the
+/// prefix with its final `/`.
 fn resource(prefix: &str, path: &str) -> Option<Resource> {
-    match path.strip_prefix(prefix)? {
+    let base = prefix.trim_end_matches('/');
+    match path.strip_prefix(base)?.strip_prefix('/')? {
         "" => Some(Resource::Page),
         "status.json" => Some(Resource::Json),
         "metrics" => Some(Resource::Metrics),
         _ => None,
     }
+}
+
+/// Returns whether `path` names one of the status pages (whoever asks).
+pub fn is_status_page(snapshot: &Snapshot, path: &str) -> bool {
+    prefix(snapshot).is_some_and(|prefix| resource(prefix, path).is_some())
 }
 
 /// Returns whether the status pages serve `path` to this client at
@@ -207,9 +221,14 @@ pub struct TenantReport {
     /// Requests served by the current process.
     pub requests: u64,
     pub in_flight: usize,
+    /// Requests waiting in the tenant's request queue.
+    pub queued: usize,
+    /// Started ahead of requests and kept running.
+    pub prewarm: bool,
     /// Seconds since the last request ended, or since the start.
     pub idle_seconds: Option<u64>,
-    /// Resident memory of the tenant's main process (`VmRSS`).
+    /// Resident memory (`VmRSS`) summed over the tenant's process group,
+    /// so Puma's workers count too.
     pub memory_rss_bytes: Option<u64>,
 }
 
@@ -264,9 +283,11 @@ pub fn report(app: &App, snapshot: &Snapshot) -> Report {
 /// Lists every configured tenant, sorted by name, with its process if it
 /// has one, and after them the processes of tenants no longer configured.
 fn tenants(app: &App, snapshot: &Snapshot) -> Vec<TenantReport> {
-    let mut states: std::collections::HashMap<String, _> = app
-        .supervisor
-        .status()
+    let statuses = app.supervisor.status();
+    // Each tenant process leads its own process group.
+    let groups: HashSet<u32> = statuses.iter().filter_map(|status| status.pid).collect();
+    let memory = memory::group_rss(Path::new("/proc"), &groups);
+    let mut states: HashMap<String, _> = statuses
         .into_iter()
         .map(|status| (status.name.clone(), status))
         .collect();
@@ -276,7 +297,7 @@ fn tenants(app: &App, snapshot: &Snapshot) -> Vec<TenantReport> {
     let mut list = Vec::with_capacity(configured.len());
     for spec in configured {
         let report = match states.remove(&spec.name) {
-            Some(status) => tenant_report(status, Some(spec.path.clone())),
+            Some(status) => tenant_report(status, Some(spec.path.clone()), &memory),
             None => TenantReport {
                 name: spec.name.clone(),
                 path: Some(spec.path.clone()),
@@ -286,6 +307,8 @@ fn tenants(app: &App, snapshot: &Snapshot) -> Vec<TenantReport> {
                 uptime_seconds: None,
                 requests: 0,
                 in_flight: 0,
+                queued: 0,
+                prewarm: app.supervisor.is_prewarmed(&spec.name),
                 idle_seconds: None,
                 memory_rss_bytes: None,
             },
@@ -295,7 +318,7 @@ fn tenants(app: &App, snapshot: &Snapshot) -> Vec<TenantReport> {
     let mut removed: Vec<TenantReport> = states
         .into_values()
         .filter(|status| status.state != "stopped")
-        .map(|status| tenant_report(status, None))
+        .map(|status| tenant_report(status, None, &memory))
         .collect();
     removed.sort_by(|a, b| a.name.cmp(&b.name));
     list.extend(removed);
@@ -305,9 +328,10 @@ fn tenants(app: &App, snapshot: &Snapshot) -> Vec<TenantReport> {
 fn tenant_report(
     status: crate::supervisor::tenants::TenantStatus,
     path: Option<String>,
+    memory: &HashMap<u32, u64>,
 ) -> TenantReport {
     TenantReport {
-        memory_rss_bytes: status.pid.and_then(resident_memory),
+        memory_rss_bytes: status.pid.and_then(|pid| memory.get(&pid).copied()),
         name: status.name,
         path,
         state: status.state,
@@ -316,23 +340,9 @@ fn tenant_report(
         uptime_seconds: status.uptime.map(|uptime| uptime.as_secs()),
         requests: status.requests,
         in_flight: status.in_flight,
+        queued: status.queued,
+        prewarm: status.prewarm,
         idle_seconds: status.idle_for.map(|idle| idle.as_secs()),
-    }
-}
-
-/// Reads `VmRSS` of `pid` from `/proc/PID/status`, in bytes.
-fn resident_memory(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_vm_rss(&text)
-}
-
-fn parse_vm_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-    let mut words = line["VmRSS:".len()..].split_whitespace();
-    let amount: u64 = words.next()?.parse().ok()?;
-    match words.next() {
-        Some("kB") => Some(amount * 1024),
-        _ => None,
     }
 }
 
@@ -352,6 +362,8 @@ fn gauges(app: &App, snapshot: &Snapshot) -> metrics::Gauges {
         tenant_start_failures: app.supervisor.start_failures.load(Ordering::Relaxed),
         tenant_stops: app.supervisor.stops.load(Ordering::Relaxed),
         recent_errors: recent::seen(),
+        cable_connections: app.cable.open_connections(),
+        cable_dropped_messages: app.cable.dropped_messages(),
     }
 }
 
@@ -438,14 +450,6 @@ mod tests {
     }
 
     #[test]
-    fn resident_memory_read_in_bytes() {
-        let status = "Name:\tpuma\nVmPeak:\t  900 kB\nVmRSS:\t   51234 kB\nThreads:\t5\n";
-        assert_eq!(parse_vm_rss(status), Some(51234 * 1024));
-        assert_eq!(parse_vm_rss("Name:\tx\n"), None);
-        assert!(resident_memory(std::process::id()).is_some_and(|bytes| bytes > 0));
-    }
-
-    #[test]
     fn resources_under_prefix() {
         assert_eq!(
             resource("/_navigator/", "/_navigator/"),
@@ -504,10 +508,14 @@ mod tests {
     }
 
     #[test]
-    fn status_path_must_be_a_directory() {
+    fn status_path_must_be_below_root() {
         assert!(validate_path("/_navigator/").is_ok());
-        assert!(validate_path("/_navigator").is_err());
+        assert!(validate_path("/ops").is_ok());
+        assert!(validate_path("/").is_err());
         assert!(validate_path("_navigator/").is_err());
         assert!(validate_path("//x/").is_err());
+        assert_eq!(resource("/ops", "/ops/metrics"), Some(Resource::Metrics));
+        assert_eq!(resource("/ops", "/ops/"), Some(Resource::Page));
+        assert_eq!(resource("/ops", "/opsx/"), None);
     }
 }

@@ -71,23 +71,30 @@ pub fn render(report: &Report) -> String {
 
     html.push_str(
         "<h2>Tenants</h2>\n<table id=\"tenants\">\n<tr><th>name</th><th>state</th><th>port</th>\
-         <th>pid</th><th>uptime</th><th>requests</th><th>in flight</th><th>last activity</th>\
+         <th>pid</th><th>uptime</th><th>requests</th><th>in flight</th><th>queued</th><th>last activity</th>\
          <th>memory</th></tr>\n",
     );
     for tenant in &report.tenants {
         let _ = writeln!(
             html,
-            "<tr data-tenant=\"{name}\"><td>{name}</td><td class=\"state {state}\">{state}</td>\
+            "<tr data-tenant=\"{name}\"><td>{name}{prewarm}</td><td class=\"state {state}\">{state}</td>\
              <td class=\"number\">{port}</td><td class=\"number\">{pid}</td><td>{uptime}</td>\
              <td class=\"number\">{requests}</td><td class=\"number\">{in_flight}</td>\
+             <td class=\"number\">{queued}</td>\
              <td>{idle}</td><td class=\"number\">{memory}</td></tr>",
             name = escape(&tenant.name),
+            prewarm = if tenant.prewarm {
+                " <small>(prewarmed)</small>"
+            } else {
+                ""
+            },
             state = tenant.state,
             port = optional(tenant.port),
             pid = optional(tenant.pid),
             uptime = tenant.uptime_seconds.map_or("-".into(), format_duration),
             requests = tenant.requests,
             in_flight = tenant.in_flight,
+            queued = tenant.queued,
             idle = tenant
                 .idle_seconds
                 .map_or("-".into(), |idle| format!("{} ago", format_duration(idle))),
@@ -207,6 +214,8 @@ mod tests {
                 uptime_seconds: Some(61),
                 requests: 12,
                 in_flight: 1,
+                queued: 0,
+                prewarm: false,
                 idle_seconds: Some(3),
                 memory_rss_bytes: Some(50 * 1024 * 1024),
             }],

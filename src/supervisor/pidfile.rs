@@ -273,6 +273,17 @@ mod tests {
                 .current_dir(cwd)
                 .spawn()
                 .unwrap();
+            // The scripts end in `exec sleep`; until the shell has exec'ed,
+            // /proc shows `sh` and the command checks would see the wrong
+            // program.
+            let cmdline = format!("/proc/{}/cmdline", child.id());
+            for _ in 0..500 {
+                let current = std::fs::read(&cmdline).unwrap_or_default();
+                if current.starts_with(b"sleep") {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
             Sleeper(child)
         }
 

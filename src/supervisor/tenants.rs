@@ -7,6 +7,17 @@
 //! alone waits on it and stops it. Slots only hold `Arc<Instance>` handles
 //! and ask the monitor to stop through a channel. Slot mutexes are never
 //! held across an `.await`.
+//!
+//! Pool controls live in child modules: `prewarm` (tenants started ahead
+//! of their first request and kept running) and `recycle` (replacing a
+//! process after `max_requests`, above `recycle_memory`, or on request of
+//! an operator). The request queue of each process is `super::queue`.
+
+mod prewarm;
+mod recycle;
+
+pub use prewarm::PrewarmError;
+pub use recycle::{Replacement, Restarted};
 
 use std::collections::HashMap;
 use std::process::ExitStatus;
@@ -14,7 +25,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, watch};
+use arc_swap::ArcSwap;
+use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
 use tracing::{error, info, warn};
 
 use super::cgroup::{self, TenantCgroup};
@@ -22,7 +34,9 @@ use super::output::OutputSink;
 use super::pidfile;
 use super::ports::{PortLease, PortPool};
 use super::process::{self, ChildProcess, SpawnSpec};
+use super::queue::{QueueError, RequestQueue};
 use super::readiness::{self, ReadyError};
+use crate::compile::supervision::RecycleSettings;
 use crate::compile::{PoolSettings, Snapshot, TenantSpec};
 use crate::config::expand::fill_port;
 use crate::hooks::{self, TenantEvent};
@@ -51,6 +65,10 @@ pub enum AcquireError {
     StartFailed(Arc<str>),
     /// Navigator is shutting down.
     ShuttingDown,
+    /// The tenant's request queue was full (`max_queue`).
+    QueueFull,
+    /// No place in the tenant's request queue within `queue_timeout`.
+    QueueTimeout,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +102,25 @@ pub struct Instance {
     /// The last stderr lines, filled in when the process exits.
     stderr_tail: Arc<Mutex<Vec<String>>>,
     epoch: Instant,
+    tuning: ArcSwap<Tuning>,
+}
+
+/// The settings of a running process that a reload may change without
+/// restarting it.
+#[derive(Debug)]
+struct Tuning {
+    /// `None`: no bound on concurrent requests.
+    queue: Option<Arc<RequestQueue>>,
+    recycle: RecycleSettings,
+}
+
+impl Tuning {
+    fn for_spec(spec: &TenantSpec) -> Tuning {
+        Tuning {
+            queue: spec.supervision.queue.map(RequestQueue::new),
+            recycle: spec.supervision.recycle,
+        }
+    }
 }
 
 impl Instance {
@@ -135,8 +172,59 @@ impl Instance {
         self.requests.load(Ordering::Relaxed)
     }
 
+    /// Requests being served, without those waiting in the queue.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        self.in_flight
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.queued())
+    }
+
+    /// Requests waiting for a place in the request queue.
+    pub fn queued(&self) -> usize {
+        self.tuning
+            .load()
+            .queue
+            .as_ref()
+            .map_or(0, |queue| queue.waiting())
+    }
+
+    fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Counts a new request in flight. Called with the slot locked, so
+    /// that a stop decided under the same lock takes it into account.
+    fn lease(self: &Arc<Self>) -> Lease {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.touch();
+        Lease {
+            instance: self.clone(),
+            permit: None,
+        }
+    }
+
+    /// Takes up settings of a reloaded config that need no restart. The
+    /// queue is kept when its settings are unchanged, with the requests
+    /// that hold or wait for its places.
+    // NOTE: a replaced queue starts with all places free while requests
+    // admitted by the old one finish, so for that moment the process may
+    // serve up to the old and the new max_concurrency together.
+    fn retune(&self, spec: &TenantSpec) {
+        let tuning = self.tuning.load();
+        let queue_settings = tuning.queue.as_ref().map(|queue| queue.settings());
+        let same_queue = queue_settings == spec.supervision.queue;
+        if same_queue && tuning.recycle == spec.supervision.recycle {
+            return;
+        }
+        let queue = if same_queue {
+            tuning.queue.clone()
+        } else {
+            spec.supervision.queue.map(RequestQueue::new)
+        };
+        self.tuning.store(Arc::new(Tuning {
+            queue,
+            recycle: spec.supervision.recycle,
+        }));
     }
 }
 
@@ -144,6 +232,9 @@ impl Instance {
 #[derive(Debug)]
 pub struct Lease {
     instance: Arc<Instance>,
+    /// The request's place in the process's request queue, freed with the
+    /// lease, which lives inside the response body or WebSocket tunnel.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Lease {
@@ -199,6 +290,10 @@ struct SlotState {
     /// Consecutive failed starts or early exits.
     failures: u32,
     last_failure: Option<Instant>,
+    /// The id of a process whose exit starts its replacement, set while a
+    /// replacement waits for a shared PIDFILE. A stop through the control
+    /// API clears it, so the tenant stays stopped.
+    replaces: Option<u64>,
 }
 
 struct Slot {
@@ -252,8 +347,14 @@ pub struct TenantStatus {
     pub pid: Option<u32>,
     pub uptime: Option<Duration>,
     pub idle_for: Option<Duration>,
+    /// Requests being served, without those waiting in the queue.
     pub in_flight: usize,
+    /// Requests waiting for a place in the request queue.
+    pub queued: usize,
+    /// Requests admitted by the current process.
     pub requests: u64,
+    /// Started ahead of requests and exempt from idle stops and eviction.
+    pub prewarm: bool,
 }
 
 pub struct Supervisor {
@@ -272,6 +373,14 @@ pub struct Supervisor {
     pub starts: AtomicU64,
     pub start_failures: AtomicU64,
     pub stops: AtomicU64,
+    /// Requests turned away with 503 because a request queue was full.
+    pub queue_rejections: AtomicU64,
+    /// Requests turned away with 503 after waiting `queue_timeout`.
+    pub queue_timeouts: AtomicU64,
+    /// Processes replaced after `max_requests`, above `recycle_memory` or
+    /// on an operator's restart; replacements after a reload not counted.
+    pub recycles: AtomicU64,
+    prewarmed: Mutex<prewarm::PrewarmMarks>,
     /// The snapshot of the last `apply`: its tenant specs are the ones
     /// processes are started from, whatever snapshot a request runs under.
     current: Mutex<Option<Arc<Snapshot>>>,
@@ -302,6 +411,10 @@ impl Supervisor {
             starts: AtomicU64::new(0),
             start_failures: AtomicU64::new(0),
             stops: AtomicU64::new(0),
+            queue_rejections: AtomicU64::new(0),
+            queue_timeouts: AtomicU64::new(0),
+            recycles: AtomicU64::new(0),
+            prewarmed: Mutex::new(prewarm::PrewarmMarks::default()),
             current: Mutex::new(None),
             reloader: OnceLock::new(),
             weak_self: weak_self.clone(),
@@ -344,14 +457,25 @@ impl Supervisor {
                 phase: Phase::Stopped,
                 failures: 0,
                 last_failure: None,
+                replaces: None,
             }),
         });
         slots.insert(name.to_string(), slot.clone());
         slot
     }
 
+    /// Returns the spec of tenant `name` in the current config.
+    fn configured_spec(&self, name: &str) -> Option<Arc<TenantSpec>> {
+        lock(&self.current)
+            .as_ref()
+            .and_then(|snapshot| snapshot.tenants.by_name(name))
+            .cloned()
+    }
+
     /// Returns a lease on a running process of `spec`, starting one if
-    /// needed. Waits at most the tenant's `startup_timeout`.
+    /// needed. Waits at most the tenant's `startup_timeout` for a start,
+    /// then at most its `queue_timeout` for a place in the process's
+    /// request queue, if it has one.
     pub async fn acquire(&self, spec: &Arc<TenantSpec>) -> Result<Lease, AcquireError> {
         let deadline = tokio::time::Instant::now() + spec.startup_timeout;
         let slot = self.slot(&spec.name);
@@ -360,92 +484,220 @@ impl Supervisor {
             if self.shutting_down.load(Ordering::Acquire) {
                 return Err(AcquireError::ShuttingDown);
             }
-            let wait = {
-                let mut state = lock(&slot.state);
-                match &state.phase {
-                    Phase::Running(instance)
-                        if instance.spec.launch == spec.launch && !instance.stopping() =>
-                    {
-                        instance.in_flight.fetch_add(1, Ordering::AcqRel);
-                        instance.requests.fetch_add(1, Ordering::Relaxed);
-                        instance.touch();
-                        return Ok(Lease {
-                            instance: instance.clone(),
-                        });
-                    }
-                    Phase::Running(instance) => {
-                        let old = instance.clone();
-                        self.replace_changed(&mut state, &old, spec)
-                    }
-                    Phase::Starting(status) => Wait::Start(status.clone()),
-                    Phase::Stopping(instance) => Wait::Exit(instance.clone()),
-                    Phase::Stopped => {
-                        let (sender, receiver) = watch::channel(StartStatus::Pending);
-                        state.phase = Phase::Starting(receiver.clone());
-                        let supervisor = self.this();
-                        let slot = slot.clone();
-                        let spec = spec.clone();
-                        tokio::spawn(async move { supervisor.start(slot, spec, sender).await });
-                        Wait::Start(receiver)
-                    }
-                }
-            };
-
-            match wait {
-                Wait::Again => continue,
-                Wait::Start(mut status) => {
-                    let outcome = tokio::time::timeout_at(
-                        deadline,
-                        status.wait_for(|s| !matches!(s, StartStatus::Pending)),
-                    )
-                    .await;
-                    match outcome {
-                        Err(_) => return Err(AcquireError::StartupTimeout),
-                        Ok(Err(_)) => continue,
-                        Ok(Ok(status)) => {
-                            if let StartStatus::Failed(message) = &*status {
-                                return Err(AcquireError::StartFailed(message.clone()));
-                            }
-                        }
-                    }
-                }
-                Wait::Exit(instance) => {
-                    if tokio::time::timeout_at(deadline, instance.wait_exited())
-                        .await
-                        .is_err()
-                    {
-                        return Err(AcquireError::StartupTimeout);
-                    }
-                }
+            match self.advance(&slot, spec, true) {
+                Wait::Admit(lease) => return self.admit(lease).await,
+                Wait::Ready(_) => continue,
+                wait => self.wait(wait, deadline).await?,
             }
         }
     }
 
-    /// Handles a running instance whose launch spec differs from the
-    /// current config: it drains while a new process starts. When both
-    /// would share a PIDFILE they cannot overlap (Rails refuses to boot
-    /// beside a live pid), so the old one stops first.
-    fn replace_changed(
+    /// Returns the running process of `spec`, starting it if needed, and
+    /// waits at most until `deadline`. Takes no lease: it serves prewarming
+    /// and the control API.
+    async fn ensure_running(
         &self,
+        slot: &Arc<Slot>,
+        spec: &Arc<TenantSpec>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Arc<Instance>, AcquireError> {
+        loop {
+            if self.shutting_down.load(Ordering::Acquire) {
+                return Err(AcquireError::ShuttingDown);
+            }
+            match self.advance(slot, spec, false) {
+                Wait::Ready(instance) => return Ok(instance),
+                Wait::Admit(_) => continue,
+                wait => self.wait(wait, deadline).await?,
+            }
+        }
+    }
+
+    /// Moves `slot` one step toward a running process of `spec`: returns
+    /// the running process (with a lease when `lease` is set), or starts
+    /// or replaces one and returns what to wait for.
+    fn advance(&self, slot: &Arc<Slot>, spec: &Arc<TenantSpec>, lease: bool) -> Wait {
+        let mut state = lock(&slot.state);
+        match &state.phase {
+            Phase::Running(instance)
+                if instance.spec.launch == spec.launch && !instance.stopping() =>
+            {
+                if lease {
+                    Wait::Admit(instance.lease())
+                } else {
+                    Wait::Ready(instance.clone())
+                }
+            }
+            Phase::Running(instance) => {
+                let old = instance.clone();
+                self.replace(slot, &mut state, &old, spec, Replacement::SpecChanged)
+            }
+            Phase::Starting(status) => Wait::Start(status.clone()),
+            Phase::Stopping(instance) => Wait::Exit(instance.clone()),
+            Phase::Stopped => Wait::Start(self.begin_start(slot, &mut state, spec)),
+        }
+    }
+
+    /// Waits until a start finished or a process exited, at most until
+    /// `deadline`. A failed start is an error.
+    async fn wait(&self, wait: Wait, deadline: tokio::time::Instant) -> Result<(), AcquireError> {
+        match wait {
+            Wait::Start(mut status) => {
+                let outcome = tokio::time::timeout_at(
+                    deadline,
+                    status.wait_for(|s| !matches!(s, StartStatus::Pending)),
+                )
+                .await;
+                match outcome {
+                    Err(_) => Err(AcquireError::StartupTimeout),
+                    // The start task ended without a verdict: look again.
+                    Ok(Err(_)) => Ok(()),
+                    Ok(Ok(status)) => match &*status {
+                        StartStatus::Failed(message) => {
+                            Err(AcquireError::StartFailed(message.clone()))
+                        }
+                        _ => Ok(()),
+                    },
+                }
+            }
+            Wait::Exit(instance) => tokio::time::timeout_at(deadline, instance.wait_exited())
+                .await
+                .map_err(|_| AcquireError::StartupTimeout),
+            Wait::Admit(_) | Wait::Ready(_) => Ok(()),
+        }
+    }
+
+    /// Takes a place in the process's request queue, if it has one, and
+    /// counts the request toward `max_requests`. The request that reaches
+    /// `max_requests` is still served by this process; the next ones go
+    /// to its replacement.
+    async fn admit(&self, mut lease: Lease) -> Result<Lease, AcquireError> {
+        let tuning = lease.instance.tuning.load_full();
+        if let Some(queue) = &tuning.queue {
+            match queue.admit().await {
+                Ok(permit) => lease.permit = Some(permit),
+                Err(error) => return Err(self.reject(&lease.instance, queue, error)),
+            }
+        }
+        let served = lease.instance.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        if tuning.recycle.max_requests.is_some_and(|max| served >= max) {
+            self.recycle(&lease.instance, Replacement::MaxRequests(served));
+        }
+        Ok(lease)
+    }
+
+    /// Counts a request the queue turned away and returns its error.
+    fn reject(&self, instance: &Instance, queue: &RequestQueue, error: QueueError) -> AcquireError {
+        let (counter, outcome, reason) = match error {
+            QueueError::Full => (
+                &self.queue_rejections,
+                AcquireError::QueueFull,
+                "request queue full",
+            ),
+            QueueError::TimedOut => (
+                &self.queue_timeouts,
+                AcquireError::QueueTimeout,
+                "timed out in the request queue",
+            ),
+        };
+        let count = counter.fetch_add(1, Ordering::Relaxed) + 1;
+        // The first one and then every 100th are logged, so an overload
+        // cannot flood the log; the counters have the exact numbers.
+        if count == 1 || count % 100 == 0 {
+            let settings = queue.settings();
+            warn!(
+                tenant = %instance.spec.name,
+                pid = instance.pid,
+                max_concurrency = settings.max_concurrency,
+                max_queue = settings.max_queue,
+                total = count,
+                "{reason}; request answered with 503"
+            );
+        }
+        outcome
+    }
+
+    /// Replaces the running `old` by a new process of `spec`. `old` stops
+    /// taking requests and finishes those it has while the new process
+    /// starts. New requests wait for the new one, each up to its
+    /// `startup_timeout`. When both would share a PIDFILE they cannot
+    /// overlap, because Rails refuses to boot beside a live pid, so the
+    /// new one starts once the old one has exited. Every replacement goes
+    /// through here: a reload that changed the launch spec,
+    /// `max_requests`, `recycle_memory` and an operator's restart.
+    fn replace(
+        &self,
+        slot: &Arc<Slot>,
         state: &mut SlotState,
         old: &Arc<Instance>,
         spec: &Arc<TenantSpec>,
+        cause: Replacement,
     ) -> Wait {
-        info!(tenant = %spec.name, pid = old.pid, "launch spec changed; replacing the tenant process");
+        info!(tenant = %spec.name, pid = old.pid, cause = %cause, "replacing the tenant process");
+        if cause.is_recycle() {
+            self.recycles.fetch_add(1, Ordering::Relaxed);
+        }
         let shared_pidfile = old.spec.pidfile.is_some() && old.spec.pidfile == spec.pidfile;
         if shared_pidfile {
-            // The requests in flight on the old process finish first; new
-            // ones wait for its exit (up to their startup_timeout).
             // NOTE: an open WebSocket tunnel holds a lease too, so with a
             // shared PIDFILE it delays the replacement until it closes.
             state.phase = Phase::Stopping(old.clone());
             old.drain();
+            self.start_after_exit(slot, state, old);
             Wait::Exit(old.clone())
         } else {
             old.drain();
-            state.phase = Phase::Stopped;
-            Wait::Again
+            Wait::Start(self.begin_start(slot, state, spec))
         }
+    }
+
+    /// Starts the tenant of `slot` once `old` has exited, unless a request
+    /// did so first, so a replacement is running without waiting for the
+    /// next request.
+    fn start_after_exit(&self, slot: &Arc<Slot>, state: &mut SlotState, old: &Arc<Instance>) {
+        state.replaces = Some(old.id);
+        let supervisor = self.this();
+        let slot = slot.clone();
+        let old = old.clone();
+        tokio::spawn(async move {
+            old.wait_exited().await;
+            supervisor.start_replacement(&slot, old.id);
+        });
+    }
+
+    /// Starts the replacement of process `old_id` from the current config,
+    /// if the tenant is stopped, still configured, and the replacement was
+    /// not called off.
+    fn start_replacement(&self, slot: &Arc<Slot>, old_id: u64) {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return;
+        }
+        let spec = self.configured_spec(&slot.name);
+        let mut state = lock(&slot.state);
+        if state.replaces != Some(old_id) {
+            return;
+        }
+        state.replaces = None;
+        if let (Some(spec), Phase::Stopped) = (spec, &state.phase) {
+            self.begin_start(slot, &mut state, &spec);
+        }
+    }
+
+    /// Puts `slot` into the starting phase and starts `spec` in the
+    /// background; the receiver reports the outcome.
+    fn begin_start(
+        &self,
+        slot: &Arc<Slot>,
+        state: &mut SlotState,
+        spec: &Arc<TenantSpec>,
+    ) -> watch::Receiver<StartStatus> {
+        let (sender, receiver) = watch::channel(StartStatus::Pending);
+        state.phase = Phase::Starting(receiver.clone());
+        let supervisor = self.this();
+        let slot = slot.clone();
+        let spec = spec.clone();
+        tokio::spawn(async move { supervisor.start(slot, spec, sender).await });
+        receiver
     }
 
     /// Starts one process for `slot` and reports the outcome to every
@@ -495,6 +747,13 @@ impl Supervisor {
                     "tenant failed to start"
                 );
                 status.send_replace(StartStatus::Failed(message.into()));
+                // A prewarmed tenant is tried again at once; the new start
+                // first waits out the backoff.
+                if self.is_prewarmed(&spec.name) && !self.shutting_down.load(Ordering::Acquire) {
+                    if let Some(spec) = self.configured_spec(&spec.name) {
+                        self.begin_start(&slot, &mut state, &spec);
+                    }
+                }
             }
         }
     }
@@ -546,6 +805,7 @@ impl Supervisor {
         let (stop_requested, _) = watch::channel(false);
         let (exited, _) = watch::channel(false);
         let instance = Arc::new(Instance {
+            tuning: ArcSwap::from_pointee(Tuning::for_spec(spec)),
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             spec: spec.clone(),
             port,
@@ -676,14 +936,15 @@ impl Supervisor {
             }
             match self.least_recently_used_idle(&spec.name) {
                 Some(victim) => {
-                    info!(
-                        tenant = %victim.spec.name,
-                        pid = victim.pid,
-                        for_tenant = %spec.name,
-                        "stopping least recently used tenant to make room"
-                    );
-                    self.stop_instance(&victim);
-                    victim.wait_exited().await;
+                    if self.stop_idle_instance(&victim) {
+                        info!(
+                            tenant = %victim.spec.name,
+                            pid = victim.pid,
+                            for_tenant = %spec.name,
+                            "stopping least recently used tenant to make room"
+                        );
+                        victim.wait_exited().await;
+                    }
                 }
                 None => {
                     if tokio::time::timeout_at(deadline, freed).await.is_err() {
@@ -695,12 +956,38 @@ impl Supervisor {
         }
     }
 
+    /// Finds the idle process to evict: not of tenant `except`, not
+    /// prewarmed, idle the longest.
     fn least_recently_used_idle(&self, except: &str) -> Option<Arc<Instance>> {
-        lock(&self.instances)
+        let candidates: Vec<Arc<Instance>> = lock(&self.instances)
             .values()
             .filter(|i| i.spec.name != except && i.is_idle() && !i.stopping())
-            .max_by_key(|i| i.idle_for())
             .cloned()
+            .collect();
+        candidates
+            .into_iter()
+            .filter(|i| !self.is_prewarmed(&i.spec.name))
+            .max_by_key(|i| i.idle_for())
+    }
+
+    /// Stops `instance` if it is still idle. Leases are taken with the
+    /// slot locked, and the check is made under the same lock, so a
+    /// request that arrives in between is never cut off. Returns whether
+    /// the stop was requested.
+    fn stop_idle_instance(&self, instance: &Arc<Instance>) -> bool {
+        let slot = self.slot(&instance.spec.name);
+        let mut state = lock(&slot.state);
+        if !instance.is_idle() || instance.stopping() {
+            return false;
+        }
+        if let Phase::Running(current) = &state.phase {
+            if current.id == instance.id {
+                state.phase = Phase::Stopping(instance.clone());
+            }
+        }
+        drop(state);
+        instance.request_stop();
+        true
     }
 
     /// Asks `instance` to stop; requests for its tenant wait for the exit.
@@ -716,10 +1003,18 @@ impl Supervisor {
         instance.request_stop();
     }
 
-    /// Called by a monitor when its process is gone.
+    /// Called by a monitor when its process is gone. A prewarmed tenant
+    /// whose process exited on its own is started again (after the
+    /// backoff, when it keeps failing).
     fn on_exit(&self, instance: &Arc<Instance>, unexpected: bool) {
         lock(&self.instances).remove(&instance.id);
         self.stops.fetch_add(1, Ordering::Relaxed);
+        let restart = unexpected
+            && self.is_prewarmed(&instance.spec.name)
+            && !self.shutting_down.load(Ordering::Acquire);
+        let restart_spec = restart
+            .then(|| self.configured_spec(&instance.spec.name))
+            .flatten();
         let slot = self.slot(&instance.spec.name);
         let mut state = lock(&slot.state);
         let current = match &state.phase {
@@ -738,6 +1033,10 @@ impl Supervisor {
         } else {
             state.failures = 0;
         }
+        if let Some(spec) = restart_spec {
+            info!(tenant = %spec.name, "starting the prewarmed tenant again");
+            self.begin_start(&slot, &mut state, &spec);
+        }
     }
 
     /// Stops idle tenants after `pools.timeout`; runs until shutdown.
@@ -752,7 +1051,7 @@ impl Supervisor {
                 let candidates: Vec<Arc<Instance>> =
                     lock(&self.instances).values().cloned().collect();
                 for instance in candidates {
-                    if instance.stopping() {
+                    if instance.stopping() || self.is_prewarmed(&instance.spec.name) {
                         continue;
                     }
                     if !instance.is_idle() {
@@ -761,13 +1060,14 @@ impl Supervisor {
                     }
                     let idle = instance.idle_for();
                     if idle >= timeout {
-                        info!(
-                            tenant = %instance.spec.name,
-                            pid = instance.pid,
-                            idle_secs = idle.as_secs(),
-                            "stopping idle tenant"
-                        );
-                        self.stop_instance(&instance);
+                        if self.stop_idle_instance(&instance) {
+                            info!(
+                                tenant = %instance.spec.name,
+                                pid = instance.pid,
+                                idle_secs = idle.as_secs(),
+                                "stopping idle tenant"
+                            );
+                        }
                     } else {
                         next_check = next_check.min(timeout - idle);
                     }
@@ -780,9 +1080,11 @@ impl Supervisor {
         }
     }
 
-    /// Applies a new config: pool settings now, and tenants that are gone
-    /// from it drain and stop. Changed tenants are replaced on their next
-    /// request.
+    /// Applies a new config: pool settings and prewarm marks now, queue
+    /// and recycling settings of running processes now, and tenants that
+    /// are gone from it drain and stop. Changed tenants are replaced on
+    /// their next request, or at once by [`Supervisor::prewarm`] when
+    /// prewarmed.
     pub fn apply(&self, snapshot: &Arc<Snapshot>) {
         *lock(&self.current) = Some(snapshot.clone());
         let settings = snapshot.pools.clone();
@@ -796,14 +1098,17 @@ impl Supervisor {
         *lock(&self.settings) = settings;
         self.gate.freed.notify_waiters();
         self.reaper_wake.notify_one();
+        self.mark_prewarmed(snapshot);
 
         let instances: Vec<Arc<Instance>> = lock(&self.instances).values().cloned().collect();
         for instance in instances {
-            let still_configured = snapshot
+            let configured = snapshot
                 .tenants
                 .by_name(&instance.spec.name)
-                .is_some_and(|spec| spec.path == instance.spec.path);
-            if !still_configured {
+                .filter(|spec| spec.path == instance.spec.path);
+            if let Some(spec) = configured {
+                instance.retune(spec);
+            } else {
                 info!(tenant = %instance.spec.name, pid = instance.pid, "tenant removed from config; stopping once idle");
                 let slot = self.slot(&instance.spec.name);
                 let mut state = lock(&slot.state);
@@ -852,7 +1157,9 @@ impl Supervisor {
                     uptime: instance.as_ref().map(|i| i.started_at.elapsed()),
                     idle_for: instance.as_ref().map(|i| i.idle_for()),
                     in_flight: instance.as_ref().map_or(0, |i| i.in_flight()),
+                    queued: instance.as_ref().map_or(0, |i| i.queued()),
                     requests: instance.as_ref().map_or(0, |i| i.requests()),
+                    prewarm: self.is_prewarmed(&slot.name),
                 }
             })
             .collect();
@@ -866,8 +1173,12 @@ impl Supervisor {
     }
 }
 
+/// The outcome of `advance`: a running process, or what to wait for.
 enum Wait {
-    Again,
+    /// The running process, with a lease for a request.
+    Admit(Lease),
+    /// The running process, without a lease.
+    Ready(Arc<Instance>),
     Start(watch::Receiver<StartStatus>),
     Exit(Arc<Instance>),
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod fly;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -39,8 +41,10 @@ pub fn tenant_port_base() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let slot = NEXT.fetch_add(1, Ordering::Relaxed) as u32;
-    let seed = (std::process::id() * 7919 + slot * 104_729) % 700;
-    (20_000 + seed * 50) as u16
+    // Below the kernel's ephemeral range (32768 and up on Linux), where
+    // outgoing connections would take ports at random.
+    let seed = (std::process::id() * 7919 + slot * 104_729) % 440;
+    (10_000 + seed * 50) as u16
 }
 
 /// Log lines collected from a running navigator.
