@@ -426,3 +426,65 @@ fn status_disabled_or_moved() {
     assert_eq!(navigator.get("/internal/nav/tenants.json").status, 200);
     assert_eq!(navigator.get("/internal/nav/nothing").status, 404);
 }
+
+#[test]
+fn replays_and_cable_counted() {
+    let showcase = Showcase {
+        events: 2,
+        extra: "\n[[routes.fly.replay]]\npath = \"^/showcase/2025/boston/october/.+$\"\nregion = \"syd\"\n"
+            .into(),
+        ..Showcase::default()
+    };
+    let navigator = start_showcase(&showcase);
+    let replayed = navigator.get("/showcase/2025/boston/october/heats");
+    assert_eq!(replayed.status, 307);
+
+    let mut cable = std::net::TcpStream::connect(navigator.address).unwrap();
+    cable
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut cable,
+        b"GET /cable HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        std::io::Read::read_exact(&mut cable, &mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+
+    let mut samples = BTreeMap::new();
+    let counted = support::eventually(Duration::from_secs(10), || {
+        samples = scrape(&navigator);
+        value(&samples, "navigator_cable_connections", &[]) == 1.0
+    });
+    assert!(counted, "{samples:?}");
+    assert_eq!(
+        value(&samples, "navigator_cable_connections_total", &[]),
+        1.0
+    );
+    assert_eq!(value(&samples, "navigator_fly_replays_total", &[]), 1.0);
+    assert_eq!(
+        value(
+            &samples,
+            "navigator_requests_total",
+            &[("answer", "fly-replay"), ("status", "3xx")]
+        ),
+        1.0
+    );
+
+    drop(cable);
+    let closed = support::eventually(Duration::from_secs(10), || {
+        samples = scrape(&navigator);
+        value(&samples, "navigator_cable_connections", &[]) == 0.0
+    });
+    assert!(closed, "{samples:?}");
+}
