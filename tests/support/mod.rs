@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod fly;
 
 use std::io::{BufRead, BufReader, Read, Write};
