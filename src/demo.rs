@@ -17,6 +17,8 @@
 //!   closes it;
 //! - `.../truncate`: a 200 head promising [`TRUNCATE_PROMISED_BYTES`], then
 //!   [`TRUNCATE_SENT_BYTES`] of them, then the connection is cut;
+//! - `.../stall`: like `/truncate`, but the connection stays open and
+//!   silent after the first bytes;
 //! - `.../flood?lines=N`: prints N lines to stdout, then answers with the
 //!   page;
 //! - `.../ignore-body`: answers 200 `ignored` at once without reading the
@@ -400,25 +402,31 @@ async fn handle(
     }
     if path.ends_with("/truncate") {
         println!("{} {path} 200 truncated", request.method());
-        return Ok(truncated_response());
+        return Ok(truncated_response(true));
+    }
+    if path.ends_with("/stall") {
+        println!("{} {path} 200 stalled", request.method());
+        return Ok(truncated_response(false));
     }
     let response = answer(request, &demo, &crash_requested).await;
     Ok(response.map(|body| body.map_err(|never| match never {}).boxed()))
 }
 
 /// Returns a 200 response whose body stops after [`TRUNCATE_SENT_BYTES`] of
-/// the [`TRUNCATE_PROMISED_BYTES`] its `Content-Length` announced. The
-/// failing stream makes hyper abort the connection. The pause before the
-/// failure lets hyper flush the head and the first bytes, which it would
-/// otherwise drop along with the connection.
-fn truncated_response() -> Response<DemoBody> {
-    let frames = futures_util::stream::unfold(0u8, |step| async move {
+/// the [`TRUNCATE_PROMISED_BYTES`] its `Content-Length` announced. With
+/// `cut`, the stream then fails, which makes hyper abort the connection;
+/// the pause before lets hyper flush the head and the first bytes, which
+/// it would otherwise drop along with the connection. Without `cut`, the
+/// body never continues.
+fn truncated_response(cut: bool) -> Response<DemoBody> {
+    let frames = futures_util::stream::unfold(0u8, move |step| async move {
         let frame = match step {
             0 => Ok(Frame::data(Bytes::from(vec![b'x'; TRUNCATE_SENT_BYTES]))),
-            1 => {
+            1 if cut => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 Err(io::Error::other("response cut off on purpose (/truncate)"))
             }
+            1 => std::future::pending().await,
             _ => return None,
         };
         Some((frame, step + 1))
@@ -1017,6 +1025,31 @@ mod tests {
             head.contains(&format!("content-length: {TRUNCATE_PROMISED_BYTES}")),
             "{head}"
         );
+        assert_eq!(received.len() - split - 4, TRUNCATE_SENT_BYTES);
+    }
+
+    #[tokio::test]
+    async fn demo_stall_keeps_body_open() {
+        let (port, _server) = start(settings_with(&[])).await;
+        let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .await
+            .unwrap();
+        stream
+            .write_all(get("/2025/boston/stall").as_bytes())
+            .await
+            .unwrap();
+        let mut received = Vec::new();
+        let mut buffer = [0u8; 8192];
+        while let Ok(Ok(read)) =
+            tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buffer)).await
+        {
+            assert!(read > 0, "the connection closed");
+            received.extend_from_slice(&buffer[..read]);
+        }
+        let split = received
+            .windows(4)
+            .position(|window| window == b"\r\n\r\n")
+            .expect("a response head");
         assert_eq!(received.len() - split - 4, TRUNCATE_SENT_BYTES);
     }
 

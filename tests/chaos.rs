@@ -1,8 +1,9 @@
 //! Chaos under steady load: while client threads keep several tenants
-//! busy, other tenants crash, hang, answer slowly, cut responses off,
-//! flood stdout or fail at boot. The healthy tenants must keep answering
-//! with bounded latency, every request must end with a response, memory
-//! must stay bounded, and no child process may outlive navigator.
+//! busy, other tenants crash, hang, answer slowly, cut responses off or
+//! stall them, flood stdout or fail at boot. The healthy tenants must keep
+//! answering with bounded latency, every request must end with a
+//! response, memory must stay bounded, and no child process may outlive
+//! navigator.
 //!
 //! This is the short version that CI runs (about 20 s of load); the soak
 //! script runs mixed traffic for an hour.
@@ -164,6 +165,7 @@ fn chaos_spares_healthy_tenants() {
         client("hang", get(tenant_path(MISBEHAVING, "hang")), pause);
         client("slow", get(tenant_path(MISBEHAVING, "slow?ms=1500")), pause);
         client("truncate", get(tenant_path(MISBEHAVING, "truncate")), pause);
+        client("stall", get(tenant_path(MISBEHAVING, "stall")), pause);
         client(
             "flood",
             get(tenant_path(
@@ -227,7 +229,9 @@ fn chaos_spares_healthy_tenants() {
             .filter_map(|s| s.outcome.status)
             .collect()
     };
-    for role in ["crash", "hang", "slow", "truncate", "flood", "broken"] {
+    for role in [
+        "crash", "hang", "slow", "truncate", "stall", "flood", "broken",
+    ] {
         assert!(!by_role(role).is_empty(), "no {role} requests ran");
     }
     assert_eq!(
@@ -247,7 +251,9 @@ fn chaos_spares_healthy_tenants() {
         "{:?}",
         statuses("broken")
     );
-    for sample in by_role("truncate") {
+    // A body cut off by the tenant, or stalled past the response timeout,
+    // reaches the client as a response that ends early.
+    for sample in by_role("truncate").into_iter().chain(by_role("stall")) {
         assert_eq!(sample.outcome.status, Some(200));
         assert!(!sample.outcome.complete, "{sample:?}");
         assert!(
