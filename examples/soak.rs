@@ -197,7 +197,7 @@ fn tunnel(address: SocketAddr, path: &str, hold: Duration) -> Option<u16> {
     Some(status)
 }
 
-/// A fact of /proc/PID/status such as `VmRSS` (in kB) or `Threads`.
+/// Reads a field of /proc/PID/status such as `VmRSS` (in kB) or `Threads`.
 fn proc_status(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()

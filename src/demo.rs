@@ -444,7 +444,7 @@ fn truncated_response(cut: bool) -> Response<DemoBody> {
     response
 }
 
-/// Answers every request that gets a whole response.
+/// Builds the response to every request that gets a whole response.
 async fn answer(
     mut request: Request<Incoming>,
     demo: &Demo,

@@ -22,8 +22,9 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
 /// needs about 15 of them before it serves a connection.
 const FD_LIMIT: u32 = 64;
 
-/// A config with the synthetic health check and one demo tenant at
-/// `/app/`; `extra` is appended (more keys of `[applications]` first).
+/// Builds a config with the synthetic health check and one demo tenant
+/// at `/app/`. `applications`, `pools` and `extra` add keys to
+/// `[applications]`, `[applications.pools]` and the tenant.
 fn tenant_config(applications: &str, pools: &str, extra: &str) -> String {
     format!(
         r#"
@@ -349,9 +350,9 @@ fn full_disk_pauses_log_files() {
     drop(navigator);
 }
 
-/// The status of the answer to a request with a `size`-byte body that a
-/// writer thread sends while this thread waits for the response. `None`
-/// when no response head arrived within `timeout`.
+/// Sends a request with a `size`-byte body from a writer thread while this
+/// thread waits for the response, and returns the response status, or
+/// `None` when no response head arrived within `timeout`.
 fn upload(address: SocketAddr, path: &str, size: usize, timeout: Duration) -> Option<u16> {
     let mut stream = TcpStream::connect(address).unwrap();
     let mut writer = stream.try_clone().unwrap();

@@ -18,9 +18,15 @@ fuzz_target!(|data: &[u8]| {
     assert!(path.starts_with('/'), "{raw:?} -> {path:?}");
     assert!(path.len() <= raw.len(), "{raw:?} -> {path:?}");
     for forbidden in ["/./", "/../", "//", "\0", "\\"] {
-        assert!(!path.contains(forbidden), "{raw:?} -> {path:?} contains {forbidden:?}");
+        assert!(
+            !path.contains(forbidden),
+            "{raw:?} -> {path:?} contains {forbidden:?}"
+        );
     }
-    assert!(!path.ends_with("/.") && !path.ends_with("/.."), "{raw:?} -> {path:?}");
+    assert!(
+        !path.ends_with("/.") && !path.ends_with("/.."),
+        "{raw:?} -> {path:?}"
+    );
     assert!(
         !path.chars().any(|c| c.is_ascii_control()),
         "{raw:?} -> {path:?} contains a control character"

@@ -21,7 +21,15 @@ fuzz_target!(|data: &[u8]| {
     let Ok(toml_text) = toml::to_string_pretty(&json) else {
         return;
     };
-    let reread = source::parse(&toml_text, Format::Toml)
-        .unwrap_or_else(|error| panic!("converted TOML does not parse: {}\n{toml_text}", error.message));
-    assert_eq!(source::to_json(&reread), json, "converted TOML:\n{toml_text}");
+    let reread = source::parse(&toml_text, Format::Toml).unwrap_or_else(|error| {
+        panic!(
+            "converted TOML does not parse: {}\n{toml_text}",
+            error.message
+        )
+    });
+    assert_eq!(
+        source::to_json(&reread),
+        json,
+        "converted TOML:\n{toml_text}"
+    );
 });

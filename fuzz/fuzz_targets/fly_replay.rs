@@ -70,7 +70,9 @@ fuzz_target!(|input: Input| {
     };
     let mut headers = HeaderMap::new();
     for (name, value) in &input.headers {
-        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+        {
             headers.append(name, value);
         }
     }

@@ -52,14 +52,18 @@ fn too_expensive(field: &str) -> bool {
         .or_else(|| field.strip_prefix("$2b$"))
     {
         let cost = rest.split('$').next().unwrap_or("");
-        return cost.parse::<u32>().map_or(true, |cost| cost > MAX_BCRYPT_COST);
+        return cost
+            .parse::<u32>()
+            .map_or(true, |cost| cost > MAX_BCRYPT_COST);
     }
     if field.starts_with("$5$") || field.starts_with("$6$") {
         let rounds = field[3..]
             .strip_prefix("rounds=")
             .and_then(|rest| rest.split('$').next());
         return match rounds {
-            Some(rounds) => rounds.parse::<u64>().map_or(true, |n| n > MAX_SHA_CRYPT_ROUNDS),
+            Some(rounds) => rounds
+                .parse::<u64>()
+                .map_or(true, |n| n > MAX_SHA_CRYPT_ROUNDS),
             None => false,
         };
     }

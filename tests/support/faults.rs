@@ -126,7 +126,7 @@ pub fn timed_request(
     }
 }
 
-/// The value of `field` (in kB) in /proc/PID/status, e.g. `VmRSS`.
+/// Reads the value of `field` (in kB) from /proc/PID/status, e.g. `VmRSS`.
 pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -136,13 +136,13 @@ pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
         .and_then(|number| number.parse().ok())
 }
 
-/// The resident set size of `pid` in KiB.
+/// Returns the resident set size of `pid` in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmRSS")
 }
 
-/// The fields of /proc/PID/stat after the command name: index 0 is the
-/// state, 1 the parent pid, 2 the process group, 11 utime, 12 stime.
+/// Returns the fields of /proc/PID/stat after the command name: index 0
+/// is the state, 1 the parent pid, 2 the process group, 11 utime, 12 stime.
 pub fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = stat.rsplit_once(')')?.1;
@@ -172,7 +172,7 @@ pub struct ProcessInfo {
     pub command_line: String,
 }
 
-/// Every process visible in /proc.
+/// Lists every process visible in /proc.
 pub fn processes() -> Vec<ProcessInfo> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -195,7 +195,7 @@ pub fn processes() -> Vec<ProcessInfo> {
         .collect()
 }
 
-/// The direct children of `parent`.
+/// Lists the direct children of `parent`.
 pub fn children_of(parent: u32) -> Vec<ProcessInfo> {
     processes()
         .into_iter()
@@ -215,8 +215,8 @@ pub fn leftovers(known: &BTreeSet<u32>, marker: &str) -> Vec<ProcessInfo> {
         .collect()
 }
 
-/// The value at `quantile` (0.0 to 1.0) of `values`, by the nearest-rank
-/// method; `None` for no values.
+/// Returns the value at `quantile` (0.0 to 1.0) of `values` by the
+/// nearest-rank method, or `None` for no values.
 pub fn quantile(values: &[Duration], quantile: f64) -> Option<Duration> {
     let mut sorted = values.to_vec();
     sorted.sort();
