@@ -469,7 +469,7 @@ async fn read_head(stdout: &mut ChildStdout) -> Result<(Vec<u8>, Bytes), String>
 
 /// Finds the blank line that ends a header block: returns where the block
 /// ends and where the body starts. Lines end in `\n` or `\r\n`.
-fn find_head_end(buffer: &[u8]) -> Option<(usize, usize)> {
+pub fn find_head_end(buffer: &[u8]) -> Option<(usize, usize)> {
     let mut line_start = 0;
     for (i, byte) in buffer.iter().enumerate() {
         if *byte != b'\n' {
@@ -484,8 +484,10 @@ fn find_head_end(buffer: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
-/// Parses a header block into the response status and headers.
-fn parse_head(block: &[u8]) -> Result<(StatusCode, HeaderMap), String> {
+/// Parses a header block (the script's output before the blank line) into
+/// the response status and headers. Hop-by-hop fields are dropped; the
+/// error names the first line that is not a valid header field.
+pub fn parse_head(block: &[u8]) -> Result<(StatusCode, HeaderMap), String> {
     let text = std::str::from_utf8(block).map_err(|_| "the headers are not UTF-8".to_string())?;
     let mut status = None;
     let mut headers = HeaderMap::new();
@@ -498,6 +500,9 @@ fn parse_head(block: &[u8]) -> Result<(StatusCode, HeaderMap), String> {
         let (name, value) = line
             .split_once(':')
             .ok_or_else(|| format!("header line without a colon: {:?}", truncate(line)))?;
+        // Whitespace around the name is dropped before any comparison, so
+        // `Status :200` sets the status instead of passing a `status` field.
+        let name = name.trim();
         let value = value.trim();
         fields += 1;
         if name.eq_ignore_ascii_case("status") {
@@ -510,7 +515,7 @@ fn parse_head(block: &[u8]) -> Result<(StatusCode, HeaderMap), String> {
             status = Some(code);
             continue;
         }
-        let name = HeaderName::from_bytes(name.trim().as_bytes())
+        let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| format!("invalid header name {:?}", truncate(name)))?;
         if HOP_BY_HOP.contains(&name.as_str()) {
             continue;
@@ -733,6 +738,18 @@ mod tests {
         .unwrap();
         assert!(headers.get("transfer-encoding").is_none());
         assert!(headers.get("connection").is_none());
+    }
+
+    #[test]
+    fn status_with_space_before_colon() {
+        // Found by fuzzing: the untrimmed name missed the `Status` check,
+        // so the status stayed 200 and a `status` field reached the client.
+        let (status, headers) =
+            parse_head(b"Status :404\nConnection : close\nContent-Type : text/plain\n").unwrap();
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(headers.get("status").is_none());
+        assert!(headers.get("connection").is_none());
+        assert_eq!(headers[CONTENT_TYPE], "text/plain");
     }
 
     #[test]

@@ -16,6 +16,16 @@
 //! - `.../broadcast?stream=S`: publishes the request body (as a JSON string)
 //!   to stream S with a POST to `TURBO_CABLE_BROADCAST_URL`, as TurboCable
 //!   does from Rails, and answers with the broadcast's status and body;
+//! - `.../hang`: never answers; the connection stays open until the peer
+//!   closes it;
+//! - `.../truncate`: a 200 head promising [`TRUNCATE_PROMISED_BYTES`], then
+//!   [`TRUNCATE_SENT_BYTES`] of them, then the connection is cut;
+//! - `.../stall`: like `/truncate`, but the connection stays open and
+//!   silent after the first bytes;
+//! - `.../flood?lines=N`: prints N lines to stdout, then answers with the
+//!   page;
+//! - `.../ignore-body`: answers 200 `ignored` at once without reading the
+//!   request body, as an app that rejects an upload early does;
 //! - a request with an `Upgrade` header: 101, then every byte received is
 //!   echoed back until end of file (no WebSocket framing);
 //! - anything else: an HTML page with the path and a visit counter, or JSON
@@ -43,7 +53,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body::Frame;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::server::conn::http1;
@@ -75,6 +87,18 @@ const REPORTED_ENV_PREFIXES: [&str; 8] = [
     "USER",
     "LOGNAME",
 ];
+
+/// Largest `/flood` request, in lines.
+const MAX_FLOOD_LINES: u64 = 10_000_000;
+
+/// `Content-Length` of a `/truncate` response.
+pub const TRUNCATE_PROMISED_BYTES: usize = 64 * 1024;
+
+/// Body bytes a `/truncate` response sends before the connection is cut.
+pub const TRUNCATE_SENT_BYTES: usize = 4096;
+
+/// A response body: a whole page, or a stream that may fail on purpose.
+type DemoBody = BoxBody<Bytes, io::Error>;
 
 /// The demo tenant's settings, read from argv and the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -374,10 +398,67 @@ async fn serve_connection(stream: TcpStream, demo: Arc<Demo>, crashed: mpsc::Sen
 }
 
 async fn handle(
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
     demo: Arc<Demo>,
     crash_requested: Arc<AtomicBool>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<DemoBody>, Infallible> {
+    let path = request.uri().path();
+    if path.ends_with("/hang") {
+        println!("{} {path} hanging", request.method());
+        // Keeps the request, and with it the connection, open for good.
+        let never: Infallible = std::future::pending().await;
+        match never {}
+    }
+    if path.ends_with("/truncate") {
+        println!("{} {path} 200 truncated", request.method());
+        return Ok(truncated_response(true));
+    }
+    if path.ends_with("/stall") {
+        println!("{} {path} 200 stalled", request.method());
+        return Ok(truncated_response(false));
+    }
+    let response = answer(request, &demo, &crash_requested).await;
+    Ok(response.map(|body| body.map_err(|never| match never {}).boxed()))
+}
+
+/// Returns a 200 response whose body stops after [`TRUNCATE_SENT_BYTES`] of
+/// the [`TRUNCATE_PROMISED_BYTES`] its `Content-Length` announced. With
+/// `cut`, the stream then fails, which makes hyper abort the connection;
+/// the pause before lets hyper flush the head and the first bytes, which
+/// it would otherwise drop along with the connection. Without `cut`, the
+/// body never continues.
+fn truncated_response(cut: bool) -> Response<DemoBody> {
+    let frames = futures_util::stream::unfold(0u8, move |step| async move {
+        let frame = match step {
+            0 => Ok(Frame::data(Bytes::from(vec![b'x'; TRUNCATE_SENT_BYTES]))),
+            1 if cut => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(io::Error::other("response cut off on purpose (/truncate)"))
+            }
+            1 => std::future::pending().await,
+            _ => return None,
+        };
+        Some((frame, step + 1))
+    });
+    let body = StreamBody::new(frames);
+    let mut response = Response::new(BodyExt::boxed(body));
+    response.headers_mut().insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(TRUNCATE_PROMISED_BYTES),
+    );
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Builds the response to every request that gets a whole response.
+async fn answer(
+    mut request: Request<Incoming>,
+    demo: &Demo,
+    crash_requested: &AtomicBool,
+) -> Response<Full<Bytes>> {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let uri = request.uri().to_string();
@@ -393,9 +474,12 @@ async fn handle(
     } else if path == demo.settings.health_path {
         plain(StatusCode::OK, "OK")
     } else if path.ends_with("/broadcast") {
-        broadcast(request, &demo).await
+        broadcast(request, demo).await
+    } else if path.ends_with("/ignore-body") {
+        // The body stays unread, so an upload stalls in the socket buffers.
+        plain(StatusCode::OK, "ignored")
     } else {
-        page(request, &demo, &crash_requested).await
+        page(request, demo, crash_requested).await
     };
 
     let response = response.unwrap_or_else(|error| {
@@ -420,7 +504,7 @@ async fn handle(
             );
         }
     }
-    Ok(response)
+    response
 }
 
 async fn echo_upgraded(upgrade: hyper::upgrade::OnUpgrade) {
@@ -506,6 +590,20 @@ async fn page(
         // allocator would stay virtual and not count as resident.
         demo.allocations.lock().await.push(vec![0x5a; mib << 20]);
         println!("demo-tenant: allocated and kept {mib} MiB");
+    }
+    if path.ends_with("/flood") {
+        let Some(lines) = query_value(query, "lines")
+            .and_then(|lines| lines.parse::<u64>().ok())
+            .filter(|lines| *lines <= MAX_FLOOD_LINES)
+        else {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                &format!("flood needs lines=N with N from 0 to {MAX_FLOOD_LINES}\n"),
+            );
+        };
+        if let Err(error) = flood_stdout(lines) {
+            eprintln!("demo-tenant: failed to write to stdout: {error}");
+        }
     }
     let crash = path.ends_with("/crash");
     if crash {
@@ -991,6 +1089,100 @@ mod tests {
         let mut buffer = [0u8; 16];
         let read = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buffer)).await;
         assert!(read.is_err(), "the server answered: {read:?}");
+    }
+
+    #[tokio::test]
+    async fn demo_hang_never_answers() {
+        let (port, _server) = start(settings_with(&[])).await;
+        let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .await
+            .unwrap();
+        stream
+            .write_all(get("/2025/boston/hang").as_bytes())
+            .await
+            .unwrap();
+        let mut buffer = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buffer)).await;
+        assert!(read.is_err(), "the server answered: {read:?}");
+    }
+
+    #[tokio::test]
+    async fn demo_truncate_cuts_body() {
+        let (port, _server) = start(settings_with(&[])).await;
+        let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .await
+            .unwrap();
+        stream
+            .write_all(get("/2025/boston/truncate").as_bytes())
+            .await
+            .unwrap();
+        let mut received = Vec::new();
+        let mut buffer = [0u8; 8192];
+        // The cut may arrive as end of file or as a reset.
+        while let Ok(read) = stream.read(&mut buffer).await {
+            if read == 0 {
+                break;
+            }
+            received.extend_from_slice(&buffer[..read]);
+        }
+        let split = received
+            .windows(4)
+            .position(|window| window == b"\r\n\r\n")
+            .expect("a response head");
+        let head = String::from_utf8_lossy(&received[..split]).to_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(
+            head.contains(&format!("content-length: {TRUNCATE_PROMISED_BYTES}")),
+            "{head}"
+        );
+        assert_eq!(received.len() - split - 4, TRUNCATE_SENT_BYTES);
+    }
+
+    #[tokio::test]
+    async fn demo_stall_keeps_body_open() {
+        let (port, _server) = start(settings_with(&[])).await;
+        let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .await
+            .unwrap();
+        stream
+            .write_all(get("/2025/boston/stall").as_bytes())
+            .await
+            .unwrap();
+        let mut received = Vec::new();
+        let mut buffer = [0u8; 8192];
+        while let Ok(Ok(read)) =
+            tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buffer)).await
+        {
+            assert!(read > 0, "the connection closed");
+            received.extend_from_slice(&buffer[..read]);
+        }
+        let split = received
+            .windows(4)
+            .position(|window| window == b"\r\n\r\n")
+            .expect("a response head");
+        assert_eq!(received.len() - split - 4, TRUNCATE_SENT_BYTES);
+    }
+
+    #[tokio::test]
+    async fn demo_flood_answers_after_printing() {
+        let (port, _server) = start(settings_with(&[])).await;
+        assert_eq!(fetch(port, &get("/2025/boston/flood?lines=3")).await.0, 200);
+        assert_eq!(fetch(port, &get("/flood?lines=many")).await.0, 400);
+        assert_eq!(fetch(port, &get("/flood")).await.0, 400);
+    }
+
+    #[tokio::test]
+    async fn demo_ignore_body_answers_unread() {
+        let (port, _server) = start(settings_with(&[])).await;
+        // The head announces 10 MB that are never sent: only a server that
+        // answers without reading the body responds.
+        let request = "POST /2025/boston/ignore-body HTTP/1.1\r\nHost: localhost\r\n\
+                       Content-Length: 10000000\r\nConnection: close\r\n\r\n";
+        let (status, _, body) = tokio::time::timeout(Duration::from_secs(10), fetch(port, request))
+            .await
+            .expect("an answer without the body");
+        assert_eq!(status, 200);
+        assert_eq!(body, "ignored");
     }
 
     #[test]

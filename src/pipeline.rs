@@ -554,6 +554,7 @@ async fn proxy_to_tenant(
         forwarding,
         request_id: &context.request_id,
         guard,
+        response_timeout: tenant.response_timeout,
     };
     match proxy::forward(&app.client, request, target).await {
         Ok(response) => response,
@@ -569,9 +570,19 @@ async fn proxy_to_tenant(
                 };
                 return responses::text(status, message);
             }
-            let status = match error {
-                ProxyError::InvalidTarget(_) => StatusCode::BAD_REQUEST,
-                _ => StatusCode::BAD_GATEWAY,
+            let (status, message) = match error {
+                ProxyError::InvalidTarget(_) => (
+                    StatusCode::BAD_REQUEST,
+                    "The application did not answer this request.",
+                ),
+                ProxyError::Timeout(_) => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "The application did not answer this request in time.",
+                ),
+                _ => (
+                    StatusCode::BAD_GATEWAY,
+                    "The application did not answer this request.",
+                ),
             };
             warn!(
                 tenant = %tenant.name,
@@ -582,7 +593,7 @@ async fn proxy_to_tenant(
                 "proxying to tenant failed"
             );
             context.record.answer = Answer::Error;
-            responses::error_page(status, "The application did not answer this request.")
+            responses::error_page(status, message)
         }
     }
 }

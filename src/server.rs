@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -138,6 +138,7 @@ pub async fn serve(
     if let Some(address) = address {
         info!(%address, tls = tls.is_some(), "listening");
     }
+    let mut accept_failures = AcceptFailures::default();
 
     loop {
         let permit = tokio::select! {
@@ -151,14 +152,16 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(error) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!(error = %error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // EMFILE and friends: the pending connection stays in
+                    // the backlog, so back off instead of spinning.
+                    accept_failures.failed(&error, address, Instant::now());
+                    tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
                     continue;
                 }
             },
             _ = stopped(&mut stop_accepting) => break,
         };
+        accept_failures.recovered(address);
         let _ = stream.set_nodelay(true);
         let connection = Connection {
             peer: normalize(peer),
@@ -275,6 +278,69 @@ impl Accepted {
     }
 }
 
+/// Wait before accepting again after a failed accept.
+const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(50);
+
+/// Shortest time between two reports of failing accepts.
+const ACCEPT_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Reports failed accepts without flooding the log: the first failure at
+/// once, then at most one line per [`ACCEPT_REPORT_INTERVAL`] with the
+/// number of failures since the last line, and one line when an accept
+/// succeeds again. A full file-descriptor table fails every retry, 20 a
+/// second.
+#[derive(Debug, Default)]
+struct AcceptFailures {
+    /// Failures since the last successful accept.
+    failures: u64,
+    /// Failures not yet counted in a log line.
+    unreported: u64,
+    last_report: Option<Instant>,
+}
+
+impl AcceptFailures {
+    /// Counts a failure; returns whether it was logged.
+    fn failed(
+        &mut self,
+        error: &std::io::Error,
+        address: Option<SocketAddr>,
+        now: Instant,
+    ) -> bool {
+        self.failures += 1;
+        self.unreported += 1;
+        let due = self
+            .last_report
+            .is_none_or(|last| now.duration_since(last) >= ACCEPT_REPORT_INTERVAL);
+        if !due {
+            return false;
+        }
+        warn!(
+            address = ?address,
+            error = %error,
+            failures = self.unreported,
+            retry_ms = ACCEPT_RETRY_DELAY.as_millis() as u64,
+            "accept failed; new connections wait in the backlog"
+        );
+        self.unreported = 0;
+        self.last_report = Some(now);
+        true
+    }
+
+    /// Notes a successful accept; returns whether that ended failures.
+    fn recovered(&mut self, address: Option<SocketAddr>) -> bool {
+        if self.failures == 0 {
+            return false;
+        }
+        info!(
+            address = ?address,
+            failures = self.failures,
+            "accepting connections again"
+        );
+        *self = AcceptFailures::default();
+        true
+    }
+}
+
 /// Resolves once `signal` turns true (or its sender is gone).
 async fn stopped(signal: &mut watch::Receiver<bool>) {
     let _ = signal.wait_for(|stop| *stop).await;
@@ -289,5 +355,39 @@ fn normalize(peer: SocketAddr) -> SocketAddr {
             None => peer,
         },
         SocketAddr::V4(_) => peer,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_failures_rate_limited() {
+        let error = std::io::Error::from_raw_os_error(libc::EMFILE);
+        let mut failures = AcceptFailures::default();
+        let start = Instant::now();
+
+        assert!(failures.failed(&error, None, start));
+        for step in 1..200 {
+            let now = start + ACCEPT_RETRY_DELAY * step;
+            assert!(!failures.failed(&error, None, now), "logged at step {step}");
+        }
+        assert_eq!(failures.unreported, 199);
+        assert!(failures.failed(&error, None, start + ACCEPT_REPORT_INTERVAL));
+        assert_eq!(failures.unreported, 0);
+        assert_eq!(failures.failures, 201);
+    }
+
+    #[test]
+    fn accept_recovery_reported_once() {
+        let error = std::io::Error::from_raw_os_error(libc::EMFILE);
+        let mut failures = AcceptFailures::default();
+        assert!(!failures.recovered(None));
+        failures.failed(&error, None, Instant::now());
+        assert!(failures.recovered(None));
+        assert!(!failures.recovered(None));
+        // After recovery the next failure is reported at once again.
+        assert!(failures.failed(&error, None, Instant::now()));
     }
 }

@@ -378,6 +378,9 @@ fn is_hidden_component(component: Component<'_>) -> bool {
 }
 
 /// Logs a file system error unless it only means "no such file".
+// NOTE: an error that is not about the file, such as EMFILE when the
+// file-descriptor table is full, also makes an existing file count as not
+// found, so the request falls through to the later steps (often a 404).
 fn log_unexpected(path: &Path, error: &io::Error) {
     let expected = matches!(
         error.kind(),

@@ -119,6 +119,7 @@ env = { x_A = "1" }
 health_check = "/up"
 startup_timeout = "5s"
 ready_timeout = "60s"
+response_timeout = "5m"
 track_websockets = true
 runtime = { x_rails = "bundle" }
 server = { x_rails = "exec" }
@@ -163,6 +164,7 @@ command = "bin/rails"
 args = ["server"]
 health_check = "/up"
 startup_timeout = "5s"
+response_timeout = "10m"
 track_websockets = true
 bot_detection = { enabled = true, action = "ignore" }
 memory_limit = "1G"

@@ -61,6 +61,8 @@ pub struct TenantSpec {
     pub startup_timeout: Duration,
     /// How long the start may take before it counts as failed.
     pub ready_timeout: Duration,
+    /// Longest silence of the tenant on a request; `None` when disabled.
+    pub response_timeout: Option<Duration>,
     pub start_delay: Duration,
     pub track_websockets: bool,
     pub bot_detection: Option<BotDetection>,
@@ -386,6 +388,13 @@ pub fn resolve(
                 .unwrap_or_else(|| apps.health_check.clone()),
             startup_timeout: tenant.startup_timeout.unwrap_or(apps.startup_timeout).get(),
             ready_timeout: apps.ready_timeout.get(),
+            response_timeout: Some(
+                tenant
+                    .response_timeout
+                    .unwrap_or(apps.response_timeout)
+                    .get(),
+            )
+            .filter(|timeout| !timeout.is_zero()),
             start_delay: apps.framework.start_delay.get(),
             track_websockets: tenant.track_websockets.unwrap_or(apps.track_websockets),
             bot_detection: tenant.bot_detection.clone(),
@@ -457,6 +466,7 @@ mod tests {
             health_check: "/".into(),
             startup_timeout: Duration::from_secs(5),
             ready_timeout: Duration::from_secs(60),
+            response_timeout: None,
             start_delay: Duration::ZERO,
             track_websockets: true,
             bot_detection: None,

@@ -364,6 +364,10 @@ pub struct Applications {
     /// Hard limit for a tenant to become ready before the start counts as
     /// failed.
     pub ready_timeout: Duration,
+    /// Longest silence of a tenant while a request waits for its response
+    /// head, or between two chunks of its response body; then 504 (or an
+    /// aborted body). 0 disables it.
+    pub response_timeout: Duration,
     pub track_websockets: bool,
     pub pools: Pools,
     pub tenants: Vec<Tenant>,
@@ -386,6 +390,7 @@ impl Default for Applications {
             health_check: "/".into(),
             startup_timeout: Duration::from_secs(5),
             ready_timeout: Duration::from_secs(60),
+            response_timeout: Duration::from_secs(300),
             track_websockets: true,
             pools: Pools::default(),
             tenants: Vec::new(),
@@ -493,6 +498,7 @@ pub struct Tenant {
     pub args: Option<Vec<String>>,
     pub health_check: Option<String>,
     pub startup_timeout: Option<Duration>,
+    pub response_timeout: Option<Duration>,
     pub track_websockets: Option<bool>,
     pub bot_detection: Option<BotDetection>,
     pub memory_limit: Option<ByteSize>,

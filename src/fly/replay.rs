@@ -339,6 +339,10 @@ async fn proxy_over_private_network(
         },
         request_id: &context.request_id,
         guard,
+        // The receiving navigator bounds its own tenant's silence the same
+        // way; this bound covers a silent or unreachable receiver.
+        response_timeout: Some(context.snapshot.config.applications.response_timeout.get())
+            .filter(|timeout| !timeout.is_zero()),
     };
     match proxy::forward(&app.client, request, forward).await {
         Ok(response) => response,
@@ -355,6 +359,13 @@ async fn proxy_over_private_network(
                 ProxyError::Connect(_) => {
                     context.record.answer = Answer::Maintenance;
                     pipeline::maintenance_page(&context.snapshot, 30).await
+                }
+                ProxyError::Timeout(_) => {
+                    context.record.answer = Answer::Error;
+                    responses::error_page(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "The region serving this page did not answer in time.",
+                    )
                 }
                 _ => {
                     context.record.answer = Answer::Error;

@@ -2,6 +2,7 @@
 //! a pooled HTTP/1.1 client, and WebSocket upgrades as raw tunnels.
 
 pub mod headers;
+pub mod timeout;
 
 use std::any::Any;
 use std::pin::Pin;
@@ -48,6 +49,8 @@ pub enum ProxyError {
     Connect(String),
     /// The upstream accepted but failed before sending a response head.
     Upstream(String),
+    /// The upstream sent no response head within the response timeout.
+    Timeout(timeout::TimedOut),
     /// The request cannot be expressed as an upstream URI.
     InvalidTarget(String),
 }
@@ -57,6 +60,7 @@ impl std::fmt::Display for ProxyError {
         match self {
             ProxyError::Connect(e) => write!(f, "connect failed: {e}"),
             ProxyError::Upstream(e) => write!(f, "upstream failed: {e}"),
+            ProxyError::Timeout(e) => write!(f, "upstream timed out: {e}"),
             ProxyError::InvalidTarget(e) => write!(f, "invalid upstream target: {e}"),
         }
     }
@@ -74,6 +78,9 @@ pub struct Forward<'a> {
     pub request_id: &'a HeaderValue,
     /// Kept until the response body ends, or the tunnel closes.
     pub guard: Guard,
+    /// The longest silence of the upstream before the response head and
+    /// between body chunks (see [`timeout`]); `None` waits without limit.
+    pub response_timeout: Option<Duration>,
 }
 
 /// Sends `request` upstream and returns the upstream's response. When the
@@ -112,23 +119,34 @@ pub async fn forward(
         .map_err(|e| ProxyError::InvalidTarget(e.to_string()))?;
     parts.version = Version::HTTP_11;
 
+    let progress = timeout::Progress::new();
     let body: Body = if websocket {
         crate::body::empty()
     } else {
-        crate::limits::limit_request_body(body, &parts.extensions)
+        let body = crate::limits::limit_request_body(body, &parts.extensions);
+        timeout::track_request_body(body, progress.clone())
     };
 
-    let mut response = client
-        .request(Request::from_parts(parts, body))
-        .await
-        .map_err(|error| {
-            let detail = error_chain(&error);
-            if error.is_connect() {
-                ProxyError::Connect(detail)
-            } else {
-                ProxyError::Upstream(detail)
-            }
-        })?;
+    let upstream = parts
+        .uri
+        .authority()
+        .map(|authority| authority.to_string())
+        .unwrap_or_default();
+    let pending = client.request(Request::from_parts(parts, body));
+    let result = match target.response_timeout {
+        Some(limit) => timeout::wait_for_response(pending, limit, &progress)
+            .await
+            .map_err(ProxyError::Timeout)?,
+        None => pending.await,
+    };
+    let mut response = result.map_err(|error| {
+        let detail = error_chain(&error);
+        if error.is_connect() {
+            ProxyError::Connect(detail)
+        } else {
+            ProxyError::Upstream(detail)
+        }
+    })?;
 
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
@@ -148,8 +166,18 @@ pub async fn forward(
     let body = GuardedBody {
         inner: body,
         _guard: target.guard,
+    }
+    .boxed();
+    let body = match target.response_timeout {
+        Some(limit) => timeout::limit_response_gaps(
+            body,
+            limit,
+            upstream,
+            String::from_utf8_lossy(target.request_id.as_bytes()).into_owned(),
+        ),
+        None => body,
     };
-    Ok(Response::from_parts(parts, body.boxed()))
+    Ok(Response::from_parts(parts, body))
 }
 
 /// Copies bytes both ways between an upgraded client connection and an

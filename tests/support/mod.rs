@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod faults;
 pub mod fly;
 
 use std::io::{BufRead, BufReader, Read, Write};
