@@ -2,8 +2,10 @@
 //! a pooled HTTP/1.1 client, and WebSocket upgrades as raw tunnels.
 
 pub mod headers;
+pub mod pool;
 
 use std::any::Any;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,7 +25,14 @@ use tracing::{debug, warn};
 use crate::body::{Body, BoxError};
 pub use headers::Forwarding;
 
-pub type Client = LegacyClient<HttpConnector, Body>;
+/// The upstream client: a pool of connections that the requests drive
+/// themselves for upstreams at IP addresses (tenants above all), and
+/// hyper's pooled client for names to resolve and WebSocket upgrades.
+#[derive(Clone)]
+pub struct Client {
+    general: LegacyClient<HttpConnector, Body>,
+    direct: pool::Pool,
+}
 
 /// Something kept alive while a response body streams or a tunnel is open:
 /// a tenant lease, a WebSocket activity counter.
@@ -34,12 +43,16 @@ pub fn new_client() -> Client {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    LegacyClient::builder(TokioExecutor::new())
+    let general = LegacyClient::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(64)
         .retry_canceled_requests(true)
         .set_host(false)
-        .build(connector)
+        .build(connector);
+    Client {
+        general,
+        direct: pool::Pool::new(),
+    }
 }
 
 #[derive(Debug)]
@@ -104,13 +117,33 @@ pub async fn forward(
 
     let path_and_query = PathAndQuery::try_from(target.path_and_query)
         .map_err(|e| ProxyError::InvalidTarget(format!("{}: {e}", target.path_and_query)))?;
+    parts.version = Version::HTTP_11;
+
+    // An upstream at an IP address needs no name resolution: the request
+    // drives a pooled connection itself. Upgrades need hyper's client,
+    // which hands the upgraded connection over.
+    let direct = if websocket {
+        None
+    } else {
+        target.authority.as_str().parse::<SocketAddr>().ok()
+    };
+    if let Some(address) = direct {
+        parts.uri = Uri::from(path_and_query);
+        let body = crate::limits::limit_request_body(body, &parts.extensions);
+        let mut response = client
+            .direct
+            .send(address, Request::from_parts(parts, body), target.guard)
+            .await?;
+        headers::prepare_response(response.headers_mut(), false);
+        return Ok(response);
+    }
+
     parts.uri = Uri::builder()
         .scheme(target.scheme)
         .authority(target.authority)
         .path_and_query(path_and_query)
         .build()
         .map_err(|e| ProxyError::InvalidTarget(e.to_string()))?;
-    parts.version = Version::HTTP_11;
 
     let body: Body = if websocket {
         crate::body::empty()
@@ -119,6 +152,7 @@ pub async fn forward(
     };
 
     let mut response = client
+        .general
         .request(Request::from_parts(parts, body))
         .await
         .map_err(|error| {
