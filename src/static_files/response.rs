@@ -29,7 +29,7 @@ use crate::body::{self, Body, BoxError};
 const SMALL_BODY_LIMIT: u64 = 64 * 1024;
 
 /// Read size of a streamed body.
-const STREAM_CHUNK_SIZE: usize = 64 * 1024;
+const STREAM_CHUNK_SIZE: usize = 256 * 1024;
 
 /// Characters escaped when a decoded path goes back into a `Location`
 /// header: the URL path percent-encode set plus `%`, because the path was
