@@ -37,10 +37,13 @@ for tool in wrk nginx; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is not installed" >&2; exit 1; }
 done
 
-echo "building release binaries..." >&2
-(cd "$root" && cargo build --release --quiet --bin navigator --example backend)
-navigator="$root/target/release/navigator"
-backend="$root/target/release/examples/backend"
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+if [ -z "${NO_BUILD:-}" ]; then
+  echo "building release binaries..." >&2
+  (cd "$root" && cargo build --release --quiet --bin navigator --example backend)
+fi
+navigator="$target_dir/release/navigator"
+backend="$target_dir/release/examples/backend"
 
 navigator_port=18080
 nginx_port=18090

@@ -16,77 +16,10 @@ use navigator::config::source::Format;
 use navigator::fly::FlyEnvironment;
 use navigator::fly::replay::{decide, instruction};
 
-const OTHER_REGIONS: [&str; 7] = ["ams", "dfw", "ewr", "nrt", "ord", "sjc", "syd"];
-const YEARS: [&str; 5] = ["2022", "2023", "2024", "2025", "2026"];
-const PREFIXES: [&str; 15] = [
-    "spring", "north", "bay", "river", "lake", "harbor", "cedar", "maple", "grand", "silver",
-    "golden", "royal", "coral", "summit", "valley",
-];
-const SUFFIXES: [&str; 5] = ["field", "ton", "wood", "ville", "port"];
-
-/// Studio names: 75 made-up town names, 10 or 11 per other region.
-fn studios() -> Vec<String> {
-    PREFIXES
-        .iter()
-        .flat_map(|prefix| {
-            SUFFIXES
-                .iter()
-                .map(move |suffix| format!("{prefix}{suffix}"))
-        })
-        .collect()
-}
-
-/// A TOML config with the rules in the order the Showcase generator
-/// writes them.
-fn rules_toml() -> String {
-    let mut toml = String::new();
-    let mut rule = |path: String, target: String| {
-        let path = path.replace('\\', "\\\\");
-        toml.push_str(&format!(
-            "[[routes.fly.replay]]\npath = \"{path}\"\n{target}\nstatus = 307\n\n"
-        ));
-    };
-    rule(r"^/showcase/.+\.pdf$".into(), "app = \"smooth-pdf\"".into());
-    rule(
-        r"^/showcase/.+\.xlsx$".into(),
-        "app = \"smooth-pdf\"".into(),
-    );
-    for region in OTHER_REGIONS {
-        rule(
-            format!("^/showcase/regions/{region}/.+$"),
-            format!("region = \"{region}\""),
-        );
-    }
-    let studios = studios();
-    let per_region = studios.len().div_ceil(OTHER_REGIONS.len());
-    for (index, region) in OTHER_REGIONS.iter().enumerate() {
-        let own: Vec<&str> = studios
-            .iter()
-            .skip(index * per_region)
-            .take(per_region)
-            .map(String::as_str)
-            .collect();
-        for (year_index, year) in YEARS.iter().enumerate() {
-            // Not every studio has an event every year.
-            let names: Vec<&str> = own
-                .iter()
-                .copied()
-                .filter(|name| (name.len() + year_index) % 3 != 0)
-                .collect();
-            if names.is_empty() {
-                continue;
-            }
-            rule(
-                format!("^/showcase/(?:{year})/(?:{})/.+$", names.join("|")),
-                format!("region = \"{region}\""),
-            );
-        }
-    }
-    toml
-}
+mod support;
 
 fn compile() -> ReplayRules {
-    let text = rules_toml();
+    let text = support::replay_rules_toml();
     let loaded = load_str(&text, Format::Toml, Path::new("bench.toml"), &|_| None)
         .expect("generated rules parse");
     let mut errors = Vec::new();

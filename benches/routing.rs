@@ -1,16 +1,24 @@
-//! The cost of a request's routing decisions (canonical path, redirects,
-//! rewrites, trailing-slash check, tenant lookup) with 10, 370 and 10,000
-//! tenants. The tenant lookup probes one hash map per path segment, so the
-//! cost should not grow with the tenant count.
+//! The cost of a request's routing decisions (canonical path, the auth
+//! classification, redirects, rewrites, the Fly-Replay rules, the
+//! trailing-slash check, the tenant lookup) with 10, 370 and 10,000
+//! tenants, in a config shaped like a region config: 21 public paths,
+//! 13 auth patterns and 44 replay rules of studio-name alternations. The
+//! tenant lookup probes one hash map per path segment and the rules do not
+//! depend on the tenants, so the cost should not grow with the tenant
+//! count.
 
 use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use http::Method;
+use futures_util::FutureExt;
+use http::{HeaderMap, Method};
+use navigator::auth::Decision;
 use navigator::canonical;
 use navigator::compile::Snapshot;
 use navigator::config::{load_str, source::Format};
+
+mod support;
 
 const STUDIOS: [&str; 25] = [
     "boston",
@@ -43,7 +51,7 @@ const STUDIOS: [&str; 25] = [
 /// A Showcase-shaped config with `tenants` events spread over years,
 /// studios and event names, plus the redirects and rewrites the real
 /// region configs use.
-fn showcase(tenants: usize) -> Snapshot {
+fn showcase(tenants: usize, htpasswd: &Path) -> Snapshot {
     let mut text = String::from(
         r#"
 [server]
@@ -76,18 +84,31 @@ var = { database = "index" }
             "[[applications.tenants]]\npath = \"/showcase/{year}/{studio}{extra}/{event}/\"\nvar = {{ database = \"{year}-{studio}{extra}-{event}\" }}\n"
         ));
     }
+    text.push_str(&support::auth_toml(&htpasswd.display().to_string()));
+    text.push_str(&support::replay_rules_toml());
     let loaded =
         load_str(&text, Format::Toml, Path::new("bench.toml"), &|_| None).expect("config loads");
     Snapshot::compile(loaded, &|_| None).expect("config compiles")
 }
 
-/// The decisions `pipeline::route` makes before any I/O.
+/// The decisions `pipeline::route` makes before any I/O. The auth step
+/// classifies the path of a request without credentials (reading no
+/// password file); the decisions after it run whatever it answered, as
+/// they would for a user whose credentials are cached.
 fn route(snapshot: &Snapshot, method: &Method, raw_path: &str) -> Option<usize> {
     let path = canonical::canonicalize(raw_path).ok()?;
+    let decision = snapshot
+        .access
+        .authorize(&path, raw_path, &HeaderMap::new())
+        .now_or_never()?;
+    black_box(matches!(decision, Decision::Challenge { .. }));
     if snapshot.path_rules.redirect(&path, method).is_some() {
         return Some(0);
     }
     let path = snapshot.path_rules.rewrite(&path, method).unwrap_or(path);
+    if snapshot.replay.find(&path, method).is_some() {
+        return Some(3);
+    }
     if snapshot.needs_trailing_slash(&path) {
         return Some(1);
     }
@@ -95,9 +116,14 @@ fn route(snapshot: &Snapshot, method: &Method, raw_path: &str) -> Option<usize> 
 }
 
 fn routing(c: &mut Criterion) {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let htpasswd = directory.path().join("htpasswd");
+    // An MD5-crypt entry; no bench request carries credentials.
+    std::fs::write(&htpasswd, "judge:$apr1$x8mAhN4u$6Fj3b3oRe9wUK0uKDB7MT1\n")
+        .expect("htpasswd written");
     let mut group = c.benchmark_group("routing");
     for tenants in [10usize, 370, 10_000] {
-        let snapshot = showcase(tenants);
+        let snapshot = showcase(tenants, &htpasswd);
         let last = tenants - 1;
         let hit = format!(
             "/showcase/{}/{}{}/event-{}/heats/12",
@@ -113,6 +139,16 @@ fn routing(c: &mut Criterion) {
         group.bench_with_input(
             BenchmarkId::new("index_fallback", tenants),
             &"/showcase/2019/nowhere/event/page".to_string(),
+            |b, path| b.iter(|| route(&snapshot, &method, black_box(path))),
+        );
+        group.bench_with_input(
+            BenchmarkId::new("public_event_page", tenants),
+            &"/showcase/2025/springfield/spring-showcase/public/heats".to_string(),
+            |b, path| b.iter(|| route(&snapshot, &method, black_box(path))),
+        );
+        group.bench_with_input(
+            BenchmarkId::new("replayed_to_region", tenants),
+            &"/showcase/2024/summitton/spring-showcase/heats".to_string(),
             |b, path| b.iter(|| route(&snapshot, &method, black_box(path))),
         );
         group.bench_with_input(

@@ -10,14 +10,16 @@
 //! requests are in flight; [`watch_idle`] ends a connection that had no
 //! request in flight and no traffic for the idle timeout.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -100,6 +102,62 @@ pub async fn watch_idle(activity: Arc<Activity>, timeout: Duration) {
             Some(idle) => timeout - idle,
             None => timeout,
         };
+    }
+}
+
+/// A future polled only when its own waker fired, beside a busier one in
+/// the same task. A connection's task is polled a few times per request;
+/// its watchers (shutdown signal, idle timer) need a poll only when their
+/// event comes.
+pub struct OnWake<F> {
+    future: F,
+    flag: Arc<WakeFlag>,
+    waker: Waker,
+}
+
+struct WakeFlag {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: Future + Unpin> OnWake<F> {
+    pub fn new(future: F) -> OnWake<F> {
+        let flag = Arc::new(WakeFlag {
+            // The first poll registers the future's wakers.
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        let waker = Waker::from(flag.clone());
+        OnWake {
+            future,
+            flag,
+            waker,
+        }
+    }
+}
+
+impl<F: Future + Unpin> Future for OnWake<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        this.flag.task.register(cx.waker());
+        if !this.flag.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let mut own = Context::from_waker(&this.waker);
+        Pin::new(&mut this.future).poll(&mut own)
     }
 }
 
@@ -206,6 +264,40 @@ impl HttpBody for HeldBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn on_wake_polls_the_inner_future_when_it_is_woken() {
+        let (sender, receiver) = tokio::sync::oneshot::channel::<u8>();
+        let task = tokio::spawn(OnWake::new(receiver));
+        tokio::task::yield_now().await;
+        sender.send(7).unwrap();
+        // The inner future's waker must reach the task, or it never ends.
+        let value = tokio::time::timeout(Duration::from_secs(10), task).await;
+        assert_eq!(value.unwrap().unwrap().unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn on_wake_skips_the_inner_future_until_woken() {
+        let inner_polls = Arc::new(AtomicUsize::new(0));
+        let counted = {
+            let inner_polls = inner_polls.clone();
+            std::future::poll_fn(move |cx| {
+                inner_polls.fetch_add(1, Ordering::SeqCst);
+                // Registers nothing: only the first poll may reach here.
+                let _ = cx;
+                Poll::<()>::Pending
+            })
+        };
+        let mut watched = OnWake::new(Box::pin(counted));
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..5 {
+            assert!(Pin::new(&mut watched).poll(&mut cx).is_pending());
+        }
+        assert_eq!(inner_polls.load(Ordering::SeqCst), 1);
+        watched.waker.wake_by_ref();
+        assert!(Pin::new(&mut watched).poll(&mut cx).is_pending());
+        assert_eq!(inner_polls.load(Ordering::SeqCst), 2);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn idle_watch_waits_for_requests_to_end() {

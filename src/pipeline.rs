@@ -70,7 +70,7 @@ pub async fn handle(
         client: client_address(&snapshot, &connection, &request),
         user: None,
         method: request.method().clone(),
-        uri: request.uri().to_string(),
+        uri: uri_text(request.uri()),
         version: request.version(),
         request_id: request_id.clone(),
         user_agent: request.headers().get(USER_AGENT).cloned(),
@@ -275,8 +275,24 @@ fn request_id(request: &Request<Incoming>) -> HeaderValue {
     if let Some(value) = incoming {
         return value.clone();
     }
-    let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("-"))
+    let mut id = [0u8; 32];
+    let random = (u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(..));
+    for (index, digit) in id.iter_mut().enumerate() {
+        let nibble = (random >> (124 - 4 * index)) & 0xf;
+        *digit = b"0123456789abcdef"[nibble as usize];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("-"))
+}
+
+/// The request target as logged: origin-form URIs (all of HTTP/1.1's but
+/// `CONNECT` and proxies') without going through the formatter.
+fn uri_text(uri: &http::Uri) -> String {
+    match (uri.scheme(), uri.path_and_query()) {
+        (None, Some(path_and_query)) if uri.authority().is_none() => {
+            path_and_query.as_str().to_string()
+        }
+        _ => uri.to_string(),
+    }
 }
 
 /// Returns the client address for logs and `$remote_addr`: the socket
@@ -523,7 +539,7 @@ async fn proxy_to_tenant(
     };
 
     let port = lease.port();
-    context.record.target = Some(format!("127.0.0.1:{port}"));
+    let address = format!("127.0.0.1:{port}");
     let websocket = proxy::headers::is_websocket_upgrade(request.headers());
     if websocket {
         context.record.answer = Answer::WebSocket;
@@ -533,13 +549,14 @@ async fn proxy_to_tenant(
     } else {
         Box::new(lease)
     };
-    let authority = match Authority::try_from(format!("127.0.0.1:{port}")) {
+    let authority = match Authority::try_from(address.as_str()) {
         Ok(authority) => authority,
         Err(error) => {
             error!(tenant = %tenant.name, port, error = %error, "cannot form upstream address");
             return responses::error_page(StatusCode::INTERNAL_SERVER_ERROR, "Internal error.");
         }
     };
+    context.record.target = Some(address);
     let forwarding = Forwarding {
         peer: context.connection.peer.ip(),
         tls: context.connection.tls,

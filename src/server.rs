@@ -255,13 +255,20 @@ impl Accepted {
         let io = TokioIo::new(connection::TrackedIo::new(stream, activity.clone()));
         let conn = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
-        let finished = tokio::select! {
-            result = conn.as_mut() => Some(result),
-            _ = stopped(&mut closing) => None,
-            _ = connection::watch_idle(activity, idle_timeout) => {
-                debug!(peer = %connection.peer, idle_secs = idle_timeout.as_secs(), "closing an idle connection");
-                None
+        // The watchers are polled only when their own event wakes them,
+        // not on every poll of the connection.
+        let watchers = std::pin::pin!(async {
+            tokio::select! {
+                _ = stopped(&mut closing) => {}
+                _ = connection::watch_idle(activity, idle_timeout) => {
+                    debug!(peer = %connection.peer, idle_secs = idle_timeout.as_secs(), "closing an idle connection");
+                }
             }
+        });
+        let finished = tokio::select! {
+            biased;
+            result = conn.as_mut() => Some(result),
+            _ = connection::OnWake::new(watchers) => None,
         };
         let result = match finished {
             Some(result) => result,

@@ -8,6 +8,7 @@
 //! call would be a separate trip to the blocking pool. Only a large body is
 //! read afterwards, as a stream.
 
+mod cache;
 mod negotiate;
 mod response;
 
@@ -34,6 +35,8 @@ use response::{BodySource, Conditions, Outcome, redirect_to_directory};
 #[derive(Debug, Clone)]
 pub struct StaticFiles {
     settings: Arc<Settings>,
+    /// Small files served lately; a reload starts with an empty one.
+    cache: Arc<cache::FileCache>,
 }
 
 #[derive(Debug)]
@@ -117,6 +120,7 @@ impl StaticFiles {
                 normalize_trailing_slashes: config.normalize_trailing_slashes,
                 cache_control: CachePolicy::new(&config.cache_control),
             }),
+            cache: Arc::default(),
         })
     }
 
@@ -147,6 +151,9 @@ impl StaticFiles {
         if has_hidden_segment(file_path) {
             return None;
         }
+        if let Some(response) = self.cache.get(path, request, head) {
+            return Some(response);
+        }
 
         let lookup = Lookup {
             settings: Arc::clone(&self.settings),
@@ -156,8 +163,16 @@ impl StaticFiles {
             cache_control: self.settings.cache_control.for_path(path),
         };
         match tokio::task::spawn_blocking(move || lookup.run()).await {
-            Ok(Some(Outcome::Respond(response))) => Some(response.map(BodySource::into_body)),
-            Ok(Some(Outcome::AddTrailingSlash)) => redirect_to_directory(path, request.uri.query()),
+            Ok(Some((Outcome::Respond(response), served))) => {
+                if let (Some(served), BodySource::Bytes(bytes)) = (served, response.body()) {
+                    let answer = (response.status(), response.headers(), bytes);
+                    self.cache.insert(path, request, served, answer);
+                }
+                Some(response.map(BodySource::into_body))
+            }
+            Ok(Some((Outcome::AddTrailingSlash, _))) => {
+                redirect_to_directory(path, request.uri.query())
+            }
             Ok(None) => None,
             Err(error) => {
                 warn!(path, %error, "static file lookup task failed");
@@ -462,13 +477,17 @@ struct Lookup {
 }
 
 impl Lookup {
-    fn run(self) -> Option<Outcome> {
+    /// Returns the outcome, and the file it served when the response may
+    /// be cached.
+    fn run(self) -> Option<(Outcome, Option<cache::Served>)> {
         let (opened, requested) = match self.locate()? {
             Located::File(opened, requested) => (opened, requested),
-            Located::Directory => return Some(Outcome::AddTrailingSlash),
+            Located::Directory => return Some((Outcome::AddTrailingSlash, None)),
         };
         let representation = self.choose_representation(opened, requested)?;
-        self.respond(representation).map(Outcome::Respond)
+        let served = representation.served();
+        let response = self.respond(representation)?;
+        Some((Outcome::Respond(response), served))
     }
 
     /// Applies `try_files`: index names for a path ending in `/`; else the
@@ -1090,6 +1109,111 @@ mod tests {
         ] {
             assert!(get_missing(&server, path).await, "{path}");
         }
+    }
+
+    fn cache_hits(server: &StaticFiles) -> usize {
+        server.cache.hits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[tokio::test]
+    async fn repeated_get_served_from_memory() {
+        let site = Site::new();
+        site.write("app.css", b"body{}");
+        let server = site.server();
+        let first = get(&server, "/app.css", &[]).await;
+        let first_headers = first.headers().clone();
+        assert_eq!(body_of(first).await, "body{}");
+        assert_eq!(cache_hits(&server), 0);
+
+        let second = get(&server, "/app.css", &[]).await;
+        assert_eq!(cache_hits(&server), 1);
+        assert_eq!(second.status(), StatusCode::OK);
+        assert_eq!(second.headers(), &first_headers);
+        assert_eq!(body_of(second).await, "body{}");
+
+        let parts = request(Method::HEAD, "/app.css", &[]);
+        let head = server.serve("/app.css", &parts).await.unwrap();
+        assert_eq!(cache_hits(&server), 2);
+        assert_eq!(head.headers(), &first_headers);
+        assert!(body_of(head).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn cached_file_changed_in_place_served_fresh() {
+        let site = Site::new();
+        let path = site.write("app.js", b"one();");
+        let server = site.server();
+        assert_eq!(body_of(get(&server, "/app.js", &[]).await).await, "one();");
+        // Same inode and size; a deploy tool's new modification time.
+        site.write("app.js", b"two();");
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(UNIX_EPOCH + StdDuration::from_secs(MTIME_SECS + 60))
+            .unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().len(), 6);
+        assert_eq!(body_of(get(&server, "/app.js", &[]).await).await, "two();");
+        assert_eq!(cache_hits(&server), 0);
+    }
+
+    #[tokio::test]
+    async fn cached_file_removed_or_retargeted_not_served() {
+        let site = Site::new();
+        fs::write(site.base.join("outside.txt"), b"private").unwrap();
+        site.write("real.txt", b"public!");
+        std::os::unix::fs::symlink(site.public.join("real.txt"), site.public.join("link.txt"))
+            .unwrap();
+        let server = site.server();
+        assert_eq!(
+            body_of(get(&server, "/link.txt", &[]).await).await,
+            "public!"
+        );
+
+        // The link now leads outside public_dir.
+        fs::remove_file(site.public.join("link.txt")).unwrap();
+        std::os::unix::fs::symlink(site.base.join("outside.txt"), site.public.join("link.txt"))
+            .unwrap();
+        assert!(get_missing(&server, "/link.txt").await);
+
+        assert_eq!(
+            body_of(get(&server, "/real.txt", &[]).await).await,
+            "public!"
+        );
+        fs::remove_file(site.public.join("real.txt")).unwrap();
+        assert!(get_missing(&server, "/real.txt").await);
+        assert_eq!(cache_hits(&server), 0);
+    }
+
+    #[tokio::test]
+    async fn conditional_and_range_requests_skip_memory() {
+        let site = Site::new();
+        site.write("a.txt", b"0123456789");
+        let server = site.server();
+        let etag = header(&get(&server, "/a.txt", &[]).await, "etag")
+            .unwrap()
+            .to_owned();
+        let not_modified = get(&server, "/a.txt", &[("if-none-match", &etag)]).await;
+        assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
+        let partial = get(&server, "/a.txt", &[("range", "bytes=2-4")]).await;
+        assert_eq!(partial.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(body_of(partial).await, "234");
+        assert_eq!(cache_hits(&server), 0);
+    }
+
+    #[tokio::test]
+    async fn precompressed_files_not_cached() {
+        let site = Site::new();
+        site.write("app.js", b"plain();");
+        site.write("app.js.gz", b"gzipped");
+        let server = site.server();
+        for _ in 0..2 {
+            let response = get(&server, "/app.js", &[("accept-encoding", "gzip")]).await;
+            assert_eq!(header(&response, "content-encoding"), Some("gzip"));
+            let response = get(&server, "/app.js", &[]).await;
+            assert_eq!(header(&response, "vary"), Some("Accept-Encoding"));
+        }
+        assert_eq!(cache_hits(&server), 0);
     }
 
     #[tokio::test]

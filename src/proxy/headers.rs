@@ -3,7 +3,10 @@
 
 use std::net::IpAddr;
 
-use http::header::{CONNECTION, HOST, UPGRADE};
+use http::header::{
+    CONNECTION, FORWARDED, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
+};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -13,30 +16,42 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1),
 /// plus the `Proxy-*` and `Keep-Alive` headers that older peers send.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
 ];
 
 /// Headers by which a client could claim another address, scheme, host,
 /// port or path prefix (Rack and Rails read them). They pass upstream only
 /// with `trust_proxy`.
-const UNTRUSTED_FORWARDING: [&str; 7] = [
-    "forwarded",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-forwarded-scheme",
-    "x-forwarded-ssl",
-    "x-real-ip",
-    "client-ip",
+const UNTRUSTED_FORWARDING: [HeaderName; 7] = [
+    FORWARDED,
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("client-ip"),
 ];
+
+/// Removes each of `names` from `headers`. Most messages carry none of
+/// them, and one pass comparing names is cheaper than a hashed removal
+/// per name.
+fn remove_each(headers: &mut HeaderMap, names: &[HeaderName]) {
+    if !headers.keys().any(|key| names.contains(key)) {
+        return;
+    }
+    for name in names {
+        headers.remove(name);
+    }
+}
 
 /// Facts about the client connection that upstream headers carry.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +85,10 @@ fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
 
 /// Removes hop-by-hop headers and every header named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.contains_key(CONNECTION) {
+        remove_each(headers, &HOP_BY_HOP);
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -80,9 +99,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
+    remove_each(headers, &HOP_BY_HOP);
 }
 
 /// Rewrites request headers for the upstream. `host` is the request's host
@@ -107,13 +124,10 @@ pub fn prepare_request(
     }
 
     if !forwarding.trust_proxy {
-        for name in UNTRUSTED_FORWARDING {
-            headers.remove(name);
-        }
+        remove_each(headers, &UNTRUSTED_FORWARDING);
     }
 
-    let peer = HeaderValue::from_str(&forwarding.peer.to_string())
-        .unwrap_or(HeaderValue::from_static("unknown"));
+    let peer = address_value(forwarding.peer);
     // Several `X-Forwarded-For` lines form one list, in order.
     let mut chain = Vec::new();
     if forwarding.trust_proxy {
@@ -141,6 +155,34 @@ pub fn prepare_request(
         }
     }
     headers.insert(X_REQUEST_ID, request_id.clone());
+}
+
+/// Formats an address as a header value; IPv4 by hand, as it is on the
+/// path of every proxied request.
+fn address_value(address: IpAddr) -> HeaderValue {
+    let IpAddr::V4(v4) = address else {
+        return HeaderValue::from_str(&address.to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+    };
+    let mut text = [0u8; 15];
+    let mut length = 0;
+    for (index, octet) in v4.octets().into_iter().enumerate() {
+        if index > 0 {
+            text[length] = b'.';
+            length += 1;
+        }
+        if octet >= 100 {
+            text[length] = b'0' + octet / 100;
+            length += 1;
+        }
+        if octet >= 10 {
+            text[length] = b'0' + octet / 10 % 10;
+            length += 1;
+        }
+        text[length] = b'0' + octet % 10;
+        length += 1;
+    }
+    HeaderValue::from_bytes(&text[..length]).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 /// Rewrites response headers from the upstream; a 101 keeps its upgrade
@@ -179,6 +221,22 @@ mod tests {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         headers.insert(X_FORWARDED_HOST, HeaderValue::from_static("spoofed.test"));
         headers
+    }
+
+    #[test]
+    fn addresses_formatted_as_std_does() {
+        for text in [
+            "0.0.0.0",
+            "10.0.0.7",
+            "127.0.0.1",
+            "192.168.100.255",
+            "1.20.3.99",
+        ] {
+            let address: IpAddr = text.parse().unwrap();
+            assert_eq!(address_value(address), text);
+        }
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(address_value(v6), "2001:db8::1");
     }
 
     #[test]
@@ -250,7 +308,7 @@ mod tests {
     fn spoofable_forwarding_headers_need_trust() {
         for trust_proxy in [false, true] {
             let mut headers = request_headers();
-            for name in UNTRUSTED_FORWARDING {
+            for name in &UNTRUSTED_FORWARDING {
                 headers.insert(name, HeaderValue::from_static("spoofed"));
             }
             prepare_request(
@@ -260,7 +318,7 @@ mod tests {
                 &HeaderValue::from_static("id"),
                 false,
             );
-            for name in UNTRUSTED_FORWARDING {
+            for name in &UNTRUSTED_FORWARDING {
                 assert_eq!(headers.contains_key(name), trust_proxy, "{name}");
             }
         }

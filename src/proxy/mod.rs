@@ -2,9 +2,11 @@
 //! a pooled HTTP/1.1 client, and WebSocket upgrades as raw tunnels.
 
 pub mod headers;
+pub mod pool;
 pub mod timeout;
 
 use std::any::Any;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -24,7 +26,14 @@ use tracing::{debug, warn};
 use crate::body::{Body, BoxError};
 pub use headers::Forwarding;
 
-pub type Client = LegacyClient<HttpConnector, Body>;
+/// The upstream client: a pool of connections that the requests drive
+/// themselves for upstreams at IP addresses (tenants above all), and
+/// hyper's pooled client for names to resolve and WebSocket upgrades.
+#[derive(Clone)]
+pub struct Client {
+    general: LegacyClient<HttpConnector, Body>,
+    direct: pool::Pool,
+}
 
 /// Something kept alive while a response body streams or a tunnel is open:
 /// a tenant lease, a WebSocket activity counter.
@@ -35,12 +44,16 @@ pub fn new_client() -> Client {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    LegacyClient::builder(TokioExecutor::new())
+    let general = LegacyClient::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(64)
         .retry_canceled_requests(true)
         .set_host(false)
-        .build(connector)
+        .build(connector);
+    Client {
+        general,
+        direct: pool::Pool::new(),
+    }
 }
 
 #[derive(Debug)]
@@ -111,13 +124,53 @@ pub async fn forward(
 
     let path_and_query = PathAndQuery::try_from(target.path_and_query)
         .map_err(|e| ProxyError::InvalidTarget(format!("{}: {e}", target.path_and_query)))?;
+    parts.version = Version::HTTP_11;
+
+    // An upstream at an IP address needs no name resolution: the request
+    // drives a pooled connection itself. Upgrades need hyper's client,
+    // which hands the upgraded connection over.
+    let direct = if websocket {
+        None
+    } else {
+        target.authority.as_str().parse::<SocketAddr>().ok()
+    };
+    if let Some(address) = direct {
+        parts.uri = Uri::from(path_and_query);
+        let body = crate::limits::limit_request_body(body, &parts.extensions);
+        let Some(limit) = target.response_timeout else {
+            let mut response = client
+                .direct
+                .send(address, Request::from_parts(parts, body), target.guard)
+                .await?;
+            headers::prepare_response(response.headers_mut(), false);
+            return Ok(response);
+        };
+        let progress = timeout::Progress::new();
+        let body = timeout::track_request_body(body, progress.clone());
+        let pending = client
+            .direct
+            .send(address, Request::from_parts(parts, body), target.guard);
+        // On a timeout the pending send is dropped, and the lease with it.
+        let response = timeout::wait_for_response(pending, limit, &progress)
+            .await
+            .map_err(ProxyError::Timeout)??;
+        let (mut parts, body) = response.into_parts();
+        headers::prepare_response(&mut parts.headers, false);
+        let body = timeout::limit_response_gaps(
+            body,
+            limit,
+            address.to_string(),
+            String::from_utf8_lossy(target.request_id.as_bytes()).into_owned(),
+        );
+        return Ok(Response::from_parts(parts, body));
+    }
+
     parts.uri = Uri::builder()
         .scheme(target.scheme)
         .authority(target.authority)
         .path_and_query(path_and_query)
         .build()
         .map_err(|e| ProxyError::InvalidTarget(e.to_string()))?;
-    parts.version = Version::HTTP_11;
 
     let progress = timeout::Progress::new();
     let body: Body = if websocket {
@@ -132,7 +185,7 @@ pub async fn forward(
         .authority()
         .map(|authority| authority.to_string())
         .unwrap_or_default();
-    let pending = client.request(Request::from_parts(parts, body));
+    let pending = client.general.request(Request::from_parts(parts, body));
     let result = match target.response_timeout {
         Some(limit) => timeout::wait_for_response(pending, limit, &progress)
             .await

@@ -19,6 +19,7 @@ use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 use tracing::warn;
 
+use super::cache::{Fingerprint, Served};
 use super::negotiate::{self, AcceptedEncodings, ByteRange, Comparison, Encoding};
 use super::{Lookup, OpenedFile, Probe, is_regular_file, read_exact_len, with_suffix};
 use crate::body::{self, Body, BoxError};
@@ -28,7 +29,7 @@ use crate::body::{self, Body, BoxError};
 const SMALL_BODY_LIMIT: u64 = 64 * 1024;
 
 /// Read size of a streamed body.
-const STREAM_CHUNK_SIZE: usize = 64 * 1024;
+const STREAM_CHUNK_SIZE: usize = 256 * 1024;
 
 /// Characters escaped when a decoded path goes back into a `Location`
 /// header: the URL path percent-encode set plus `%`, because the path was
@@ -137,6 +138,17 @@ pub(super) struct Representation {
     /// In whole seconds since the Unix epoch.
     modified_secs: Option<u64>,
     last_modified: Option<HeaderValue>,
+}
+
+impl Representation {
+    /// The file and version to cache the response under, when the
+    /// response cannot depend on `Accept-Encoding`.
+    pub(super) fn served(&self) -> Option<Served> {
+        (!self.vary).then(|| Served {
+            path: self.requested.clone(),
+            fingerprint: Fingerprint::of(&self.opened.metadata),
+        })
+    }
 }
 
 impl Lookup {

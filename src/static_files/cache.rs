@@ -1,0 +1,186 @@
+//! Small static files kept in memory with their response headers, so a
+//! repeated plain GET is answered without the blocking pool.
+//!
+//! An entry is made only from a full lookup that served a whole file
+//! (status 200, no precompressed sibling, no precondition or range in the
+//! request), under the canonical request path. A hit is served only while
+//! the entry is younger than [`FRESH_FOR`] and `stat` of the file the
+//! lookup opened still reports the same device, inode, size, modification
+//! and change times. So a changed, replaced, removed or retargeted file is
+//! noticed on the next request; what the check cannot see (a precompressed
+//! sibling or a `try_files` candidate created meanwhile) is noticed within
+//! [`FRESH_FOR`].
+//!
+//! The `stat` runs on the runtime thread: it is one system call on a path
+//! the kernel resolved a moment ago, cheaper than a trip to the blocking
+//! pool.
+
+use std::collections::HashMap;
+use std::fs::Metadata;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderMap, Response, StatusCode, header};
+
+use crate::body::{self, Body};
+
+/// How long an entry is served on its `stat` check alone.
+pub(super) const FRESH_FOR: Duration = Duration::from_secs(1);
+/// Files larger than this are not kept.
+const MAX_FILE_BYTES: usize = 64 * 1024;
+/// The bodies kept, all entries together.
+const MAX_TOTAL_BYTES: usize = 8 * 1024 * 1024;
+
+/// What identifies one version of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Fingerprint {
+    pub(super) fn of(metadata: &Metadata) -> Fingerprint {
+        Fingerprint {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+            len: metadata.len(),
+            mtime: (metadata.mtime(), metadata.mtime_nsec()),
+            ctime: (metadata.ctime(), metadata.ctime_nsec()),
+        }
+    }
+}
+
+/// The file a lookup served and its version, from `fstat` on the handle
+/// it read.
+pub(super) struct Served {
+    pub(super) path: PathBuf,
+    pub(super) fingerprint: Fingerprint,
+}
+
+#[derive(Debug)]
+struct Entry {
+    served: PathBuf,
+    fingerprint: Fingerprint,
+    headers: HeaderMap,
+    body: Bytes,
+    loaded: Instant,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct FileCache {
+    state: Mutex<State>,
+    /// Requests answered from memory, for tests.
+    #[cfg(test)]
+    pub(super) hits: std::sync::atomic::AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    entries: HashMap<String, Entry>,
+    total_bytes: usize,
+}
+
+impl FileCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Answers a plain GET or HEAD for `path` from memory when the entry
+    /// is fresh and its file unchanged; `None` sends it to a full lookup.
+    pub(super) fn get(&self, path: &str, request: &Parts, head: bool) -> Option<Response<Body>> {
+        if !is_plain(request) {
+            return None;
+        }
+        let (served, fingerprint, headers, bytes) = {
+            let state = self.lock();
+            let entry = state.entries.get(path)?;
+            if entry.loaded.elapsed() >= FRESH_FOR {
+                return None;
+            }
+            (
+                entry.served.clone(),
+                entry.fingerprint,
+                entry.headers.clone(),
+                entry.body.clone(),
+            )
+        };
+        let current = std::fs::metadata(&served).ok()?;
+        if Fingerprint::of(&current) != fingerprint {
+            self.lock().remove(path);
+            return None;
+        }
+        #[cfg(test)]
+        self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut response = Response::new(if head {
+            body::empty()
+        } else {
+            body::full(bytes)
+        });
+        *response.headers_mut() = headers;
+        Some(response)
+    }
+
+    /// Keeps the answer of a full lookup for `path` when it is a whole
+    /// small file for a plain request.
+    pub(super) fn insert(
+        &self,
+        path: &str,
+        request: &Parts,
+        served: Served,
+        response: (StatusCode, &HeaderMap, &Bytes),
+    ) {
+        let (status, headers, body) = response;
+        if !is_plain(request)
+            || status != StatusCode::OK
+            || body.len() > MAX_FILE_BYTES
+            || body.len() as u64 != served.fingerprint.len
+        {
+            return;
+        }
+        let mut state = self.lock();
+        state.remove(path);
+        if state.total_bytes + body.len() > MAX_TOTAL_BYTES {
+            return;
+        }
+        state.total_bytes += body.len();
+        state.entries.insert(
+            path.to_owned(),
+            Entry {
+                served: served.path,
+                fingerprint: served.fingerprint,
+                headers: headers.clone(),
+                body: body.clone(),
+                loaded: Instant::now(),
+            },
+        );
+    }
+}
+
+impl State {
+    fn remove(&mut self, path: &str) {
+        if let Some(old) = self.entries.remove(path) {
+            self.total_bytes -= old.body.len();
+        }
+    }
+}
+
+/// Whether the response to `request` depends on nothing but the path: no
+/// precondition and no range.
+fn is_plain(request: &Parts) -> bool {
+    let headers = &request.headers;
+    !(headers.contains_key(header::IF_MATCH)
+        || headers.contains_key(header::IF_NONE_MATCH)
+        || headers.contains_key(header::IF_MODIFIED_SINCE)
+        || headers.contains_key(header::IF_UNMODIFIED_SINCE)
+        || headers.contains_key(header::IF_RANGE)
+        || headers.contains_key(header::RANGE))
+}
