@@ -39,7 +39,9 @@
 //!
 //! Boot knobs from the environment: `DEMO_BOOT_DELAY_MS`,
 //! `DEMO_EXIT_AT_BOOT=CODE`, `DEMO_NEVER_LISTEN=1`, `DEMO_NO_ANSWER=1` and
-//! `DEMO_STDOUT_FLOOD=N`. Like `rails server`, it exits with 1 when
+//! `DEMO_STDOUT_FLOOD=N`. `DEMO_LISTEN_STAMP=FILE` writes the wall-clock
+//! time at which the listener was bound (nanoseconds since the Unix epoch)
+//! to FILE, for the cold-start benchmark. Like `rails server`, it exits with 1 when
 //! `PIDFILE` names a process that is still alive, writes its pid there,
 //! logs one stdout line per request, and exits with 0 on SIGTERM.
 
@@ -118,6 +120,8 @@ pub struct Settings {
     /// Where `.../broadcast` publishes (`TURBO_CABLE_BROADCAST_URL`).
     pub broadcast_url: Option<String>,
     pub request_log: Option<PathBuf>,
+    /// Where the time of the first listen goes (`DEMO_LISTEN_STAMP`).
+    pub listen_stamp: Option<PathBuf>,
 }
 
 impl Settings {
@@ -159,6 +163,7 @@ impl Settings {
             scope: non_empty("RAILS_APP_SCOPE"),
             broadcast_url: non_empty("TURBO_CABLE_BROADCAST_URL"),
             request_log: non_empty("DEMO_REQUEST_LOG").map(PathBuf::from),
+            listen_stamp: non_empty("DEMO_LISTEN_STAMP").map(PathBuf::from),
         })
     }
 }
@@ -245,6 +250,9 @@ pub async fn run() -> io::Result<()> {
                 format!("failed to listen on {address}: {error}"),
             )
         })?;
+        if let Some(file) = &settings.listen_stamp {
+            write_listen_stamp(file)?;
+        }
         println!("* Listening on http://{address}");
         serve(listener, settings.clone()).await
     };
@@ -281,6 +289,21 @@ pub fn run_blocking() -> i32 {
             1
         }
     }
+}
+
+/// Writes the current wall-clock time, in nanoseconds since the Unix
+/// epoch, to `file`.
+fn write_listen_stamp(file: &std::path::Path) -> io::Result<()> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_nanos())
+        .unwrap_or(0);
+    std::fs::write(file, format!("{nanos}\n")).map_err(|error| {
+        io::Error::new(
+            error.kind(),
+            format!("failed to write {}: {error}", file.display()),
+        )
+    })
 }
 
 fn exit_now(code: i32) -> ! {

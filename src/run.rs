@@ -326,6 +326,7 @@ impl Lifecycle {
     /// in the background. The old config keeps serving until the swap, and
     /// stays when anything before the swap fails.
     async fn reload_config(&mut self, request: &ReloadRequest) -> ReloadOutcome {
+        let started = std::time::Instant::now();
         let app = self.app.clone();
         let current_path = app.config_path();
         let path = request.file.clone().unwrap_or_else(|| current_path.clone());
@@ -419,7 +420,10 @@ impl Lifecycle {
             old_acceptor.stop().await;
         }
         self.apply_tls(tls_change).await;
-        info!(config = %path.display(), cause = %request.cause, tenants, "reload applied");
+        // From the reload request to the new config serving; ready hooks
+        // run after this, in the background.
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        info!(config = %path.display(), cause = %request.cause, tenants, elapsed_ms, "reload applied");
 
         self.spawn_ready_hooks();
         ReloadOutcome::Applied

@@ -13,12 +13,19 @@ use tokio::time::Instant;
 
 use super::process::describe_status;
 
-/// Pause after the first failed probe. Probes are cheap on loopback (a
-/// refused connect returns at once), so they start fast to keep the time
-/// between "listening" and "ready" short.
+/// Pause after a probe whose connect was refused: the tenant is still
+/// booting and not listening yet. A refused connect on loopback costs a
+/// few microseconds, so probing this often for the whole boot is cheap,
+/// and it bounds the time between the tenant's first listen and "ready"
+/// by this pause plus one probe's round trip.
+const REFUSED_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Pause after the first probe that failed in another way (accepted but
+/// no HTTP reply, reset); it grows by half after each such failure, as
+/// the tenant is listening but busy.
 const FIRST_INTERVAL: Duration = Duration::from_millis(10);
 
-/// Maximum pause between probes; the pause grows by half after each failure.
+/// Maximum pause between probes that failed in another way.
 const MAX_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Bound of one probe, so that a tenant that accepts but never responds is
@@ -93,6 +100,10 @@ pub async fn wait_ready(
         loop {
             match tokio::time::timeout(PROBE_TIMEOUT, probe(address, request.as_bytes())).await {
                 Ok(Ok(())) => return started.elapsed(),
+                Ok(Err(error)) if error.kind() == io::ErrorKind::ConnectionRefused => {
+                    tokio::time::sleep(REFUSED_INTERVAL).await;
+                    continue;
+                }
                 Ok(Err(error)) => tracing::trace!(port, %error, "readiness probe failed"),
                 Err(_) => tracing::debug!(port, "readiness probe timed out"),
             }
