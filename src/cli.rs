@@ -178,7 +178,15 @@ pub fn convert_to_toml(path: &Path) -> Result<String, String> {
     toml::to_string_pretty(&json).map_err(|e| format!("cannot write TOML: {e}"))
 }
 
-/// `navigator -s reload`: sends SIGHUP to the pid in the pid file.
+/// Reads a process's command name from its `/proc/PID/comm` file. Returns
+/// `None` when the process is gone or there is no procfs.
+fn process_name(comm: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(comm).ok()?;
+    Some(text.trim_end_matches('\n').to_string())
+}
+
+/// `navigator -s reload`: sends SIGHUP to the pid in the pid file, after
+/// checking that the process has navigator's command name.
 pub fn signal_reload(pid_file: &Path) -> i32 {
     let text = match std::fs::read_to_string(pid_file) {
         Ok(text) => text,
@@ -200,9 +208,25 @@ pub fn signal_reload(pid_file: &Path) -> i32 {
             return 1;
         }
     };
+    // A stale pid file may name a pid that the system has since given to
+    // another program, which SIGHUP would most likely terminate.
+    if let (Some(own), Some(theirs)) = (
+        process_name(Path::new("/proc/self/comm")),
+        process_name(&Path::new("/proc").join(pid.to_string()).join("comm")),
+    ) && own != theirs
+    {
+        eprintln!(
+            "stale pid file {}: pid {pid} is `{theirs}`, not navigator; remove the file or pass --pid-file",
+            pid_file.display()
+        );
+        return 1;
+    }
     match kill(Pid::from_raw(pid), Signal::SIGHUP) {
         Ok(()) => {
-            println!("sent SIGHUP to navigator (pid {pid})");
+            println!(
+                "sent SIGHUP to navigator (pid {pid} from {})",
+                pid_file.display()
+            );
             0
         }
         Err(error) => {

@@ -140,3 +140,24 @@ fn shipped_configs_pass_check() {
         assert_eq!(code, 0, "{config}: {stderr}{stdout}");
     }
 }
+
+#[test]
+fn reload_rejects_stale_pid_file() {
+    // The pid in a stale pid file may now belong to another program, which
+    // SIGHUP would terminate.
+    let dir = tempfile::tempdir().unwrap();
+    let mut sleeper = Command::new("sleep").arg("100").spawn().unwrap();
+    let pid_file = dir.path().join("navigator.pid");
+    std::fs::write(&pid_file, format!("{}\n", sleeper.id())).unwrap();
+    let (code, _, stderr) = run(
+        &["reload", "--pid-file", pid_file.to_str().unwrap()],
+        dir.path(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let still_running = matches!(sleeper.try_wait(), Ok(None));
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("not navigator"), "{stderr}");
+    assert!(still_running, "the unrelated process was signalled");
+}
