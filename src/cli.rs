@@ -31,6 +31,7 @@ pub fn check(path: &Path) -> i32 {
     let mut warnings = missing_files(&snapshot);
     warnings.extend(crate::supervisor::identity::missing_accounts(&snapshot));
     warnings.extend(prewarm_warnings(&snapshot));
+    warnings.extend(public_root_warnings(&snapshot));
     for warning in &warnings {
         println!("warning: {warning}");
     }
@@ -148,6 +149,36 @@ pub fn prewarm_warnings(snapshot: &Snapshot) -> Vec<String> {
         ));
     }
     warnings
+}
+
+/// Lists public paths of `/` under enabled auth. Entries ending in `/` are
+/// prefixes, so such an entry makes every path public.
+pub fn public_root_warnings(snapshot: &Snapshot) -> Vec<String> {
+    if !snapshot.auth.enabled {
+        return Vec::new();
+    }
+    // `snapshot.auth.public_paths` lists `auth.public_paths` first, then
+    // Navigator's `server.auth_exclude`.
+    let own_count = snapshot.config.auth.public_paths.len();
+    snapshot
+        .auth
+        .public_paths
+        .iter()
+        .enumerate()
+        .filter(|(_, entry)| entry.as_str() == "/")
+        .map(|(i, _)| {
+            let key = if i < own_count {
+                format!("auth.public_paths[{i}]")
+            } else {
+                format!("server.auth_exclude[{}]", i - own_count)
+            };
+            format!(
+                "{key}: \"/\" is a prefix of every path, so no path needs credentials; \
+                 to make only the home page public, remove it and add \
+                 {{ pattern = \"^/$\", action = \"off\" }} to auth.auth_patterns"
+            )
+        })
+        .collect()
 }
 
 /// `navigator convert FILE.yml`: prints the equivalent TOML, keeping

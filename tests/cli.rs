@@ -161,3 +161,22 @@ fn reload_rejects_stale_pid_file() {
     assert!(stderr.contains("not navigator"), "{stderr}");
     assert!(still_running, "the unrelated process was signalled");
 }
+
+#[test]
+fn check_warns_public_root_prefix() {
+    // Entries ending in `/` are prefixes, so `/` makes every path public.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("htpasswd"), "admin:secret\n").unwrap();
+    let config = dir.path().join("nav.toml");
+    std::fs::write(
+        &config,
+        "[auth]\nenabled = true\nhtpasswd = \"htpasswd\"\npublic_paths = [\"/assets/\", \"/\"]\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run(&["check", config.to_str().unwrap()], dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("warning: auth.public_paths[1]: \"/\" is a prefix of every path"),
+        "{stdout}"
+    );
+}
