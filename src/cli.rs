@@ -31,6 +31,7 @@ pub fn check(path: &Path) -> i32 {
     let mut warnings = missing_files(&snapshot);
     warnings.extend(crate::supervisor::identity::missing_accounts(&snapshot));
     warnings.extend(prewarm_warnings(&snapshot));
+    warnings.extend(public_root_warnings(&snapshot));
     for warning in &warnings {
         println!("warning: {warning}");
     }
@@ -150,6 +151,36 @@ pub fn prewarm_warnings(snapshot: &Snapshot) -> Vec<String> {
     warnings
 }
 
+/// Lists public paths of `/` under enabled auth. Entries ending in `/` are
+/// prefixes, so such an entry makes every path public.
+pub fn public_root_warnings(snapshot: &Snapshot) -> Vec<String> {
+    if !snapshot.auth.enabled {
+        return Vec::new();
+    }
+    // `snapshot.auth.public_paths` lists `auth.public_paths` first, then
+    // Navigator's `server.auth_exclude`.
+    let own_count = snapshot.config.auth.public_paths.len();
+    snapshot
+        .auth
+        .public_paths
+        .iter()
+        .enumerate()
+        .filter(|(_, entry)| entry.as_str() == "/")
+        .map(|(i, _)| {
+            let key = if i < own_count {
+                format!("auth.public_paths[{i}]")
+            } else {
+                format!("server.auth_exclude[{}]", i - own_count)
+            };
+            format!(
+                "{key}: \"/\" is a prefix of every path, so no path needs credentials; \
+                 to make only the home page public, remove it and add \
+                 {{ pattern = \"^/$\", action = \"off\" }} to auth.auth_patterns"
+            )
+        })
+        .collect()
+}
+
 /// `navigator convert FILE.yml`: prints the equivalent TOML, keeping
 /// `${...}` templates as written.
 pub fn convert(path: &Path) -> i32 {
@@ -178,7 +209,15 @@ pub fn convert_to_toml(path: &Path) -> Result<String, String> {
     toml::to_string_pretty(&json).map_err(|e| format!("cannot write TOML: {e}"))
 }
 
-/// `navigator -s reload`: sends SIGHUP to the pid in the pid file.
+/// Reads a process's command name from its `/proc/PID/comm` file. Returns
+/// `None` when the process is gone or there is no procfs.
+fn process_name(comm: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(comm).ok()?;
+    Some(text.trim_end_matches('\n').to_string())
+}
+
+/// `navigator -s reload`: sends SIGHUP to the pid in the pid file, after
+/// checking that the process has navigator's command name.
 pub fn signal_reload(pid_file: &Path) -> i32 {
     let text = match std::fs::read_to_string(pid_file) {
         Ok(text) => text,
@@ -200,9 +239,25 @@ pub fn signal_reload(pid_file: &Path) -> i32 {
             return 1;
         }
     };
+    // A stale pid file may name a pid that the system has since given to
+    // another program, which SIGHUP would most likely terminate.
+    if let (Some(own), Some(theirs)) = (
+        process_name(Path::new("/proc/self/comm")),
+        process_name(&Path::new("/proc").join(pid.to_string()).join("comm")),
+    ) && own != theirs
+    {
+        eprintln!(
+            "stale pid file {}: pid {pid} is `{theirs}`, not navigator; remove the file or pass --pid-file",
+            pid_file.display()
+        );
+        return 1;
+    }
     match kill(Pid::from_raw(pid), Signal::SIGHUP) {
         Ok(()) => {
-            println!("sent SIGHUP to navigator (pid {pid})");
+            println!(
+                "sent SIGHUP to navigator (pid {pid} from {})",
+                pid_file.display()
+            );
             0
         }
         Err(error) => {

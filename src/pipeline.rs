@@ -148,7 +148,8 @@ async fn route(
     // It comes before authentication because it is judged by the socket
     // peer alone: credentials neither open it to other hosts nor are
     // needed on loopback, and it must work in maintenance mode.
-    if let Some(response) = control::serve(app, context, &path, &head.method).await {
+    let control = control::serve(app, context, &path, &head.method, &head.headers).await;
+    if let Some(response) = control {
         return response;
     }
 
@@ -162,6 +163,13 @@ async fn route(
     let cable = &snapshot.config.cable;
     if cable.enabled && path == cable.broadcast_path {
         context.record.answer = Answer::Broadcast;
+        if control::from_web_page(&head.headers) {
+            warn!(peer = %context.connection.peer, "broadcast from a web page rejected");
+            return responses::text(
+                StatusCode::FORBIDDEN,
+                "403 Forbidden: broadcasts are not accepted from web pages",
+            );
+        }
         return app
             .cable
             .broadcast_endpoint(&head.method, body, context.connection.peer)

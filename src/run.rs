@@ -555,6 +555,16 @@ async fn close_websockets(app: &App) {
 }
 
 fn write_pid_file(path: &Path) {
+    // A fresh checkout has no `tmp/` for the demo's `tmp/navigator.pid`, so
+    // create missing directories as for log files.
+    if let Some(parent) = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        && let Err(error) = std::fs::create_dir_all(parent)
+    {
+        warn!(pid_file = %path.display(), error = %error, "cannot create the pid file's directory");
+        return;
+    }
     if let Err(error) = std::fs::write(path, format!("{}\n", std::process::id())) {
         warn!(pid_file = %path.display(), error = %error, "cannot write the pid file");
     }

@@ -140,3 +140,43 @@ fn shipped_configs_pass_check() {
         assert_eq!(code, 0, "{config}: {stderr}{stdout}");
     }
 }
+
+#[test]
+fn reload_rejects_stale_pid_file() {
+    // The pid in a stale pid file may now belong to another program, which
+    // SIGHUP would terminate.
+    let dir = tempfile::tempdir().unwrap();
+    let mut sleeper = Command::new("sleep").arg("100").spawn().unwrap();
+    let pid_file = dir.path().join("navigator.pid");
+    std::fs::write(&pid_file, format!("{}\n", sleeper.id())).unwrap();
+    let (code, _, stderr) = run(
+        &["reload", "--pid-file", pid_file.to_str().unwrap()],
+        dir.path(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let still_running = matches!(sleeper.try_wait(), Ok(None));
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("not navigator"), "{stderr}");
+    assert!(still_running, "the unrelated process was signalled");
+}
+
+#[test]
+fn check_warns_public_root_prefix() {
+    // Entries ending in `/` are prefixes, so `/` makes every path public.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("htpasswd"), "admin:secret\n").unwrap();
+    let config = dir.path().join("nav.toml");
+    std::fs::write(
+        &config,
+        "[auth]\nenabled = true\nhtpasswd = \"htpasswd\"\npublic_paths = [\"/assets/\", \"/\"]\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run(&["check", config.to_str().unwrap()], dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("warning: auth.public_paths[1]: \"/\" is a prefix of every path"),
+        "{stdout}"
+    );
+}

@@ -254,3 +254,41 @@ fn control_api_works_in_maintenance_mode() {
     assert_eq!(list.header("content-type"), Some("application/json"));
     assert_eq!(list.json()["tenants"][1]["name"], event_scope(0));
 }
+
+#[test]
+fn web_page_posts_rejected() {
+    // A web page open in a browser on this machine can POST to localhost,
+    // and the browser adds `Origin` to that request.
+    let navigator = start_showcase(&Showcase {
+        events: 1,
+        ..Showcase::default()
+    });
+    let origin = [("Origin", "http://attacker.example")];
+    let prewarm = navigator.request(
+        "POST",
+        &format!("/_navigator/tenants/{}/prewarm", event_scope(0)),
+        &origin,
+        b"",
+    );
+    assert_eq!(prewarm.status, 403, "{}", prewarm.text());
+    let broadcast = navigator.request(
+        "POST",
+        "/_broadcast",
+        &[
+            ("Origin", "http://attacker.example"),
+            ("Content-Type", "text/plain"),
+        ],
+        br#"{"stream":"s","data":"<script>"}"#,
+    );
+    assert_eq!(broadcast.status, 403, "{}", broadcast.text());
+    assert_eq!(
+        navigator.logs.count("tenant process started"),
+        0,
+        "no web page started a tenant"
+    );
+
+    let list = navigator.request("GET", "/_navigator/tenants.json", &[], b"");
+    assert_eq!(list.status, 200);
+    let broadcast = navigator.request("POST", "/_broadcast", &[], br#"{"stream":"s"}"#);
+    assert_eq!(broadcast.status, 200, "{}", broadcast.text());
+}

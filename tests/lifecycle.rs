@@ -758,6 +758,46 @@ fn reload_command_signals_running_server() {
     );
 }
 
+#[test]
+fn pid_file_directory_is_created() {
+    // The demo config names `tmp/navigator.pid`, and a fresh checkout has
+    // no `tmp/`. Without the file `navigator -s reload` cannot work.
+    let config = r#"
+[server]
+listen = "127.0.0.1:0"
+pid_file = "tmp/pids/navigator.pid"
+
+[server.health_check]
+path = "/up"
+"#;
+    let mut navigator = Navigator::start(config);
+    let pid_file = navigator.path("tmp/pids/navigator.pid");
+    assert!(
+        eventually(Duration::from_secs(5), || pid_file.exists()),
+        "log:\n{}",
+        navigator.logs.text()
+    );
+    let text = std::fs::read_to_string(&pid_file).unwrap();
+    assert_eq!(text.trim(), navigator.child.id().to_string());
+    let status = Command::new(NAVIGATOR)
+        .args(["-s", "reload", "--config"])
+        .arg(&navigator.config)
+        .current_dir(navigator.dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        eventually(Duration::from_secs(10), || navigator
+            .logs
+            .count("cause=SIGHUP")
+            >= 1),
+        "log:\n{}",
+        navigator.logs.text()
+    );
+    navigator.stop();
+    assert!(!pid_file.exists());
+}
+
 /// Returns the number of the first log line that contains every needle.
 fn line_index(log: &str, needles: &[&str]) -> usize {
     log.lines()

@@ -21,8 +21,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE};
-use http::{HeaderValue, Method, Response, StatusCode};
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, ORIGIN};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
@@ -67,6 +67,7 @@ pub async fn serve(
     context: &mut RequestContext,
     path: &str,
     method: &Method,
+    headers: &HeaderMap,
 ) -> Option<Response<Body>> {
     let snapshot = context.snapshot.clone();
     let route = route_of(&snapshot, path)?;
@@ -80,7 +81,21 @@ pub async fn serve(
             "the control API answers loopback clients only",
         ));
     }
+    if method != Method::GET && method != Method::HEAD && from_web_page(headers) {
+        warn!(peer = %peer, path, "control API request from a web page rejected");
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "the control API does not answer requests from web pages",
+        ));
+    }
     Some(self::route(app, &snapshot, route, method).await)
+}
+
+/// Returns whether a browser sent the request for a web page. Browsers add
+/// `Origin` to every POST, while `navigator tenant ...` and tenants that
+/// publish broadcasts send none.
+pub fn from_web_page(headers: &HeaderMap) -> bool {
+    headers.contains_key(ORIGIN)
 }
 
 /// Returns whether the control API answers `path` (for a loopback peer,
@@ -401,23 +416,38 @@ mod tests {
         ));
         let app = App::new("test.toml".into(), snapshot.clone());
         let path = "/_navigator/tenants.json";
+        let none = HeaderMap::new();
 
         let mut remote = context(snapshot.clone(), "10.0.0.5:40000");
-        let response = serve(&app, &mut remote, path, &Method::GET).await.unwrap();
+        let response = serve(&app, &mut remote, path, &Method::GET, &none)
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
         assert_eq!(remote.record.answer, Answer::Control);
 
         let mut mapped = context(snapshot.clone(), "[::ffff:10.0.0.5]:40000");
-        let response = serve(&app, &mut mapped, path, &Method::POST).await.unwrap();
+        let response = serve(&app, &mut mapped, path, &Method::POST, &none)
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
 
         let mut local = context(snapshot.clone(), "[::ffff:127.0.0.1]:40000");
-        let response = serve(&app, &mut local, path, &Method::GET).await.unwrap();
+        let response = serve(&app, &mut local, path, &Method::GET, &none)
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
+
+        let mut web_page = HeaderMap::new();
+        web_page.insert(ORIGIN, HeaderValue::from_static("http://attacker.example"));
+        let mut browser = context(snapshot.clone(), "127.0.0.1:40000");
+        let response = serve(&app, &mut browser, path, &Method::POST, &web_page)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
 
         let mut outside = context(snapshot, "10.0.0.5:40000");
         assert!(
-            serve(&app, &mut outside, "/a/", &Method::GET)
+            serve(&app, &mut outside, "/a/", &Method::GET, &none)
                 .await
                 .is_none()
         );
