@@ -122,7 +122,8 @@ impl Drop for AccessRecord {
             protocol = ?self.version,
             status,
             bytes = self.bytes,
-            duration_ms = duration.as_secs_f64() * 1000.0,
+            // Whole microseconds, so the number prints without float noise.
+            duration_ms = duration.as_micros() as f64 / 1000.0,
             request_id = self.request_id.to_str().unwrap_or("-"),
             user_agent = header_text(&self.user_agent),
             referer = header_text(&self.referer),

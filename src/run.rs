@@ -422,7 +422,7 @@ impl Lifecycle {
         self.apply_tls(tls_change).await;
         // From the reload request to the new config serving; ready hooks
         // run after this, in the background.
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let elapsed_ms = started.elapsed().as_micros() as f64 / 1000.0;
         info!(config = %path.display(), cause = %request.cause, tenants, elapsed_ms, "reload applied");
 
         self.spawn_ready_hooks();

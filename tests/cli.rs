@@ -53,6 +53,26 @@ fn invalid_regex_refused_by_check() {
 }
 
 #[test]
+fn tenant_path_that_never_matches_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nav.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = 3000\n\n[applications.framework]\ncommand = \"true\"\n\n[[applications.tenants]]\npath = \"/showcase/2025/boston/\"\n\n\
+         [[applications.tenants]]\npath = \"/showcase/../admin/\"\n\n\
+         [[applications.tenants]]\npath = \"/showcase//2026/\"\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run(&["check", config.to_str().unwrap()], dir.path());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("applications.tenants[1].path"), "{stderr}");
+    assert!(stderr.contains("\"/showcase/../admin/\" never matches"), "{stderr}");
+    assert!(stderr.contains("applications.tenants[2].path"), "{stderr}");
+    assert!(stderr.contains("write it as \"/showcase/2026/\""), "{stderr}");
+    assert!(!stderr.contains("applications.tenants[0]"), "{stderr}");
+}
+
+#[test]
 fn check_summarizes_generated_showcase() {
     let dir = tempfile::tempdir().unwrap();
     let showcase = Showcase {

@@ -249,6 +249,27 @@ pub fn resolve(
         if !path.ends_with('/') {
             path.push('/');
         }
+        // Requests are matched in canonical form, so a path that is not
+        // canonical (`..`, `//`, percent escapes) would never match.
+        match crate::canonical::canonicalize(&path) {
+            Ok(canonical) if canonical == path => {}
+            Ok(canonical) => {
+                fail(
+                    "path",
+                    format!(
+                        "tenant path {path:?} never matches a request, as requests are matched in canonical form; write it as {canonical:?}"
+                    ),
+                );
+                continue;
+            }
+            Err(error) => {
+                fail(
+                    "path",
+                    format!("tenant path {path:?} never matches a request: {error}"),
+                );
+                continue;
+            }
+        }
         if let Some(first) = seen_paths.insert(path.clone(), i) {
             fail(
                 "path",
