@@ -10,9 +10,6 @@
 # A crash leaves its input in fuzz/artifacts/TARGET/; reproduce it with
 # `cargo +nightly fuzz run TARGET fuzz/artifacts/TARGET/crash-...`. Every
 # crash becomes a unit test next to the parser it broke.
-#
-# TODO: add a `cable_message` target for the built-in cable's client
-# commands once the cable module exposes its message parser.
 set -euo pipefail
 
 cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."
@@ -20,7 +17,7 @@ root=$(pwd)
 
 seconds=${FUZZ_SECONDS:-60}
 jobs=${FUZZ_JOBS:-1}
-all_targets=(config_toml config_yaml htpasswd canonical_path units cgi_head fly_replay)
+all_targets=(config_toml config_yaml htpasswd canonical_path units cgi_head fly_replay cable_message)
 if [ "$#" -gt 0 ]; then
   targets=("$@")
 else
@@ -184,12 +181,21 @@ seed_replay() {
   printf '/showcase/2025/clearwater/heats.pdf\x00GET\x00' | seed fly_replay path-0
 }
 
+seed_cable() {
+  seed_lines cable_message '{"type":"subscribe","stream":"2025-boston-heats"}' \
+    '{"type":"unsubscribe","stream":"s"}' '{"type":"pong"}' '{"type":"subscribe"}' \
+    '{"type":"subscribe","stream":""}' '{"type":"x","stream":7}' \
+    '{"stream":"scores","data":"<turbo-stream></turbo-stream>"}' '{"stream":"s","data":null}' \
+    '{"type":"subscribe","stream":"\u00e9\ud83d\ude00"}'
+}
+
 seed_configs
 seed_htpasswd
 seed_paths
 seed_units
 seed_cgi
 seed_replay
+seed_cable
 
 echo "fuzz.sh: building the targets"
 cargo +nightly fuzz build

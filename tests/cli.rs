@@ -66,9 +66,15 @@ fn tenant_path_that_never_matches_refused() {
     let (code, _, stderr) = run(&["check", config.to_str().unwrap()], dir.path());
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("applications.tenants[1].path"), "{stderr}");
-    assert!(stderr.contains("\"/showcase/../admin/\" never matches"), "{stderr}");
+    assert!(
+        stderr.contains("\"/showcase/../admin/\" never matches"),
+        "{stderr}"
+    );
     assert!(stderr.contains("applications.tenants[2].path"), "{stderr}");
-    assert!(stderr.contains("write it as \"/showcase/2026/\""), "{stderr}");
+    assert!(
+        stderr.contains("write it as \"/showcase/2026/\""),
+        "{stderr}"
+    );
     assert!(!stderr.contains("applications.tenants[0]"), "{stderr}");
 }
 

@@ -51,13 +51,35 @@ const PING: Utf8Bytes = Utf8Bytes::from_static(r#"{"type":"ping"}"#);
 
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 
-/// A client command. Fields other than these are ignored.
+/// A client command as sent. Fields other than these are ignored.
 #[derive(Debug, Deserialize)]
-struct Command {
+struct RawCommand {
     #[serde(rename = "type")]
     kind: String,
     #[serde(default)]
     stream: Option<String>,
+}
+
+/// A client command, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Subscribe(String),
+    Unsubscribe(String),
+    Pong,
+    /// A command type this server does not know; ignored.
+    Unknown(String),
+}
+
+/// Parses the text of one client frame. An error is a protocol violation
+/// that closes the connection, with the reason for the close frame.
+pub fn parse_command(text: &str) -> Result<Command, &'static str> {
+    let raw: RawCommand = serde_json::from_str(text).map_err(|_| "invalid JSON command")?;
+    match raw.kind.as_str() {
+        "subscribe" => valid_stream(raw.stream).map(Command::Subscribe),
+        "unsubscribe" => valid_stream(raw.stream).map(Command::Unsubscribe),
+        "pong" => Ok(Command::Pong),
+        _ => Ok(Command::Unknown(raw.kind)),
+    }
 }
 
 /// The reason the reader loop ended.
@@ -246,38 +268,27 @@ impl Reader<'_> {
     /// Handles one text frame; returns an ending when it is a protocol
     /// violation.
     fn command(&mut self, text: &str) -> Option<Ending> {
-        let command: Command = match serde_json::from_str(text) {
+        let command = match parse_command(text) {
             Ok(command) => command,
-            Err(error) => {
-                debug!(connection = self.id(), error = %error, "invalid cable command");
-                return Some(Ending::Close(CloseCode::Policy, "invalid JSON command"));
+            Err(reason) => {
+                debug!(connection = self.id(), reason, "invalid cable command");
+                return Some(Ending::Close(CloseCode::Policy, reason));
             }
         };
-        match command.kind.as_str() {
-            "subscribe" => {
-                let stream = match valid_stream(command.stream) {
-                    Ok(stream) => stream,
-                    Err(reason) => return Some(Ending::Close(CloseCode::Policy, reason)),
-                };
-                self.subscribe(&stream)
-            }
-            "unsubscribe" => {
-                let stream = match valid_stream(command.stream) {
-                    Ok(stream) => stream,
-                    Err(reason) => return Some(Ending::Close(CloseCode::Policy, reason)),
-                };
+        match command {
+            Command::Subscribe(stream) => self.subscribe(&stream),
+            Command::Unsubscribe(stream) => {
                 if let Some(at) = self.subscriptions.iter().position(|s| **s == *stream) {
                     let name = self.subscriptions.swap_remove(at);
                     self.hub.unsubscribe(&name, self.id());
                 }
                 None
             }
-            "pong" => None,
-            other => {
+            Command::Pong => None,
+            Command::Unknown(kind) => {
                 debug!(
                     connection = self.id(),
-                    kind = other,
-                    "ignoring an unknown cable command"
+                    kind, "ignoring an unknown cable command"
                 );
                 None
             }
@@ -379,4 +390,48 @@ where
         }
     }
     sink.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse_into_their_kinds() {
+        assert_eq!(
+            parse_command(r#"{"type":"subscribe","stream":"scores","x":1}"#),
+            Ok(Command::Subscribe("scores".into()))
+        );
+        assert_eq!(
+            parse_command(r#"{"type":"unsubscribe","stream":"scores"}"#),
+            Ok(Command::Unsubscribe("scores".into()))
+        );
+        assert_eq!(parse_command(r#"{"type":"pong"}"#), Ok(Command::Pong));
+        assert_eq!(
+            parse_command(r#"{"type":"hello"}"#),
+            Ok(Command::Unknown("hello".into()))
+        );
+    }
+
+    #[test]
+    fn malformed_commands_are_refused_with_a_reason() {
+        assert_eq!(parse_command("not json"), Err("invalid JSON command"));
+        assert_eq!(
+            parse_command(r#"{"stream":"s"}"#),
+            Err("invalid JSON command")
+        );
+        assert_eq!(
+            parse_command(r#"{"type":"subscribe"}"#),
+            Err("the command has no stream")
+        );
+        assert_eq!(
+            parse_command(r#"{"type":"subscribe","stream":""}"#),
+            Err("the stream name is empty")
+        );
+        let long = format!(
+            r#"{{"type":"subscribe","stream":"{}"}}"#,
+            "s".repeat(MAX_STREAM_NAME + 1)
+        );
+        assert_eq!(parse_command(&long), Err("the stream name is too long"));
+    }
 }

@@ -13,6 +13,8 @@
 
 mod connection;
 
+pub use connection::{Command, parse_command};
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -495,14 +497,15 @@ fn handshake_key(head: &http::request::Parts) -> Result<HeaderValue, Box<Respons
 
 /// The body of a broadcast request.
 #[derive(Debug, Deserialize)]
-struct BroadcastRequest {
-    stream: String,
+pub struct BroadcastRequest {
+    pub stream: String,
     /// Absent and `null` both deliver `null`.
     #[serde(default)]
-    data: Option<Box<RawValue>>,
+    pub data: Option<Box<RawValue>>,
 }
 
-fn parse_broadcast(bytes: &[u8]) -> Result<BroadcastRequest, String> {
+/// Parses the body of a POST to the broadcast endpoint.
+pub fn parse_broadcast(bytes: &[u8]) -> Result<BroadcastRequest, String> {
     let request: BroadcastRequest = serde_json::from_slice(bytes)
         .map_err(|error| format!("invalid broadcast JSON: {error}"))?;
     if request.stream.is_empty() {
@@ -512,7 +515,7 @@ fn parse_broadcast(bytes: &[u8]) -> Result<BroadcastRequest, String> {
 }
 
 /// `text` as a JSON string literal.
-fn json_string(text: &str) -> String {
+pub fn json_string(text: &str) -> String {
     serde_json::Value::from(text).to_string()
 }
 
