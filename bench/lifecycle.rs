@@ -138,12 +138,19 @@ impl Navigator {
         }
         Err(format!(
             "navigator did not answer /up within 60 s; log:\n{}",
-            navigator.log_text()
+            navigator.log_tail()
         ))
     }
 
     fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last lines of the log, for error messages.
+    fn log_tail(&self) -> String {
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
     fn signal(&self, name: &str) -> Result<(), String> {
@@ -240,7 +247,7 @@ fn cold(options: &Options) -> Result<(), String> {
         let port = free_port().map_err(|e| e.to_string())?;
         let mut config = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n\n\
-             [server.health_check]\npath = \"/up\"\n\n\
+             [server.health_check]\npath = \"/up\"\n\n[server.health_check.response]\nstatus = 200\nbody = \"OK\"\n\n\
              [applications]\nhealth_check = \"/up\"\nstartup_timeout = \"60s\"\n\n\
              [applications.framework]\ncommand = {:?}\nargs = [\"demo-tenant\", \"-p\", \"${{port}}\"]\n\n\
              [applications.pools]\nmax_size = {}\ntimeout = \"5m\"\n\n",
@@ -284,7 +291,7 @@ fn cold(options: &Options) -> Result<(), String> {
             if *status != 200 {
                 return Err(format!(
                     "tenant {index} answered {status}; log:\n{}",
-                    navigator.log_text()
+                    navigator.log_tail()
                 ));
             }
             let stamp = dir.path().join(format!("t{index}.stamp"));
@@ -338,7 +345,7 @@ fn showcase_config(options: &Options, port: u16, generation: usize) -> String {
     let mut config = format!(
         "# generation {generation}\n\
          [server]\nlisten = \"127.0.0.1:{port}\"\nroot_path = \"/showcase\"\n\n\
-         [server.health_check]\npath = \"/up\"\n\n\
+         [server.health_check]\npath = \"/up\"\n\n[server.health_check.response]\nstatus = 200\nbody = \"OK\"\n\n\
          [server.static]\npublic_dir = \"public\"\nallowed_extensions = [\"html\", \"css\"]\n\
          try_files = [\"index.html\", \".html\"]\n\n\
          [[routes.redirects]]\nfrom = \"^/$\"\nto = \"/showcase/\"\n\n\
@@ -351,8 +358,8 @@ fn showcase_config(options: &Options, port: u16, generation: usize) -> String {
     );
     for index in 0..options.tenants {
         let year = YEARS[index % YEARS.len()];
+        let event = index / YEARS.len() % 5;
         let studio = index / YEARS.len() / 5;
-        let event = index % 5;
         config.push_str(&format!(
             "[[applications.tenants]]\npath = \"/showcase/{year}/studio{studio}/event{event}/\"\n\
              var = {{ database = \"{year}-studio{studio}-event{event}\" }}\n\n"
@@ -365,8 +372,12 @@ fn reload(options: &Options) -> Result<(), String> {
     let dir = work_dir("reload")?;
     let public = dir.path().join("public/showcase");
     fs::create_dir_all(&public).map_err(|e| e.to_string())?;
-    fs::write(public.join("index.html"), "<h1>Showcase</h1>\n".repeat(40))
-        .map_err(|e| e.to_string())?;
+    // Where `/showcase/` lands depends on how root_path maps to the
+    // public directory; both places hold the page.
+    for place in [dir.path().join("public"), public] {
+        fs::write(place.join("index.html"), "<h1>Showcase</h1>\n".repeat(40))
+            .map_err(|e| e.to_string())?;
+    }
     let port = free_port().map_err(|e| e.to_string())?;
     let config_path = dir.path().join("navigator.toml");
     fs::write(&config_path, showcase_config(options, port, 0)).map_err(|e| e.to_string())?;
@@ -419,12 +430,12 @@ fn reload(options: &Options) -> Result<(), String> {
                 break;
             }
             if navigator.log_text().contains("reload rejected") {
-                return Err(format!("a reload was rejected:\n{}", navigator.log_text()));
+                return Err(format!("a reload was rejected:\n{}", navigator.log_tail()));
             }
             if Instant::now() > deadline {
                 return Err(format!(
                     "reload {generation} not applied within 30 s:\n{}",
-                    navigator.log_text()
+                    navigator.log_tail()
                 ));
             }
             thread::sleep(Duration::from_millis(20));

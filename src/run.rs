@@ -351,7 +351,23 @@ impl Lifecycle {
         }
 
         info!(config = %path.display(), cause = %request.cause, "reloading config");
-        let snapshot = match compile::load_snapshot(&path) {
+        // Parsing and compiling a large config takes tens of milliseconds
+        // of CPU; a blocking thread keeps the runtime's workers serving.
+        let loading = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || compile::load_snapshot(&path)).await
+        };
+        let loaded = match loading {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                error!(config = %path.display(), cause = %request.cause, error = %error, "loading the config failed; keeping the running config");
+                return ReloadOutcome::Rejected(format!(
+                    "loading {} failed: {error}",
+                    path.display()
+                ));
+            }
+        };
+        let snapshot = match loaded {
             Ok(snapshot) => snapshot,
             Err(errors) => {
                 for error in &errors.0 {

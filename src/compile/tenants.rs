@@ -225,6 +225,8 @@ pub fn resolve(
     let mut seen_names: HashSet<String> = HashSet::new();
     let mut resolved = Vec::with_capacity(apps.tenants.len());
 
+    let default_hooks = &config.hooks.tenant;
+    let legacy_hooks = apps.hooks.clone().unwrap_or_default();
     for (i, tenant) in apps.tenants.iter().enumerate() {
         let key = format!("applications.tenants[{i}]");
         let mut failed = false;
@@ -290,11 +292,13 @@ pub fn resolve(
         }
 
         let lookup = tenant_lookup(&tenant.var, env);
-        let mut expand_at = |suffix: String, template: &str| -> String {
+        // The key path is only formatted for an error: with 10,000 tenants
+        // formatting it for every expansion was a good part of a reload.
+        let mut expand_at = |suffix: &dyn Fn() -> String, template: &str| -> String {
             match expand::expand(template, &lookup) {
                 Ok(value) => value,
                 Err(error) => {
-                    errors.push(loaded.error_at(&suffix, format!("{error} (for tenant {name})")));
+                    errors.push(loaded.error_at(&suffix(), format!("{error} (for tenant {name})")));
                     failed = true;
                     String::new()
                 }
@@ -312,11 +316,11 @@ pub fn resolve(
                 continue;
             }
         };
-        let program = expand_at(program_key.clone(), &program);
+        let program = expand_at(&|| program_key.clone(), &program);
         let args: Vec<String> = args
             .iter()
             .enumerate()
-            .map(|(n, arg)| expand_at(format!("{program_key}.args[{n}]"), arg))
+            .map(|(n, arg)| expand_at(&|| format!("{program_key}.args[{n}]"), arg))
             .collect();
 
         let mut env_map: BTreeMap<String, String> = BTreeMap::new();
@@ -325,11 +329,11 @@ pub fn resolve(
             PORT_PLACEHOLDER.to_string(),
         );
         for (var, template) in &apps.env {
-            let value = expand_at(format!("applications.env.{var}"), template);
+            let value = expand_at(&|| format!("applications.env.{var}"), template);
             env_map.insert(var.clone(), value);
         }
         for (var, template) in &tenant.env {
-            let value = expand_at(format!("{key}.env.{var}"), template);
+            let value = expand_at(&|| format!("{key}.env.{var}"), template);
             env_map.insert(var.clone(), value);
         }
 
@@ -337,14 +341,12 @@ pub fn resolve(
             .root
             .clone()
             .or_else(|| apps.framework.app_directory.clone())
-            .map(|dir| PathBuf::from(expand_at(format!("{key}.root"), &dir.to_string_lossy())));
+            .map(|dir| PathBuf::from(expand_at(&|| format!("{key}.root"), &dir.to_string_lossy())));
 
-        let default_hooks = config.hooks.tenant.clone();
-        let legacy_hooks = apps.hooks.clone().unwrap_or_default();
         let mut resolve_hooks =
             |which: &str, pick: fn(&TenantHooks) -> &Vec<Hook>| -> Vec<ResolvedHook> {
                 let sources = [
-                    ("hooks.tenant".to_string(), &default_hooks),
+                    ("hooks.tenant".to_string(), default_hooks),
                     ("applications.hooks".to_string(), &legacy_hooks),
                     (format!("{key}.hooks"), &tenant.hooks),
                 ];
@@ -353,18 +355,18 @@ pub fn resolve(
                     for (n, hook) in pick(set).iter().enumerate() {
                         let at = format!("{prefix}.{which}[{n}]");
                         hooks.push(ResolvedHook {
-                            command: expand_at(format!("{at}.command"), &hook.command),
+                            command: expand_at(&|| format!("{at}.command"), &hook.command),
                             args: hook
                                 .args
                                 .iter()
                                 .enumerate()
-                                .map(|(a, arg)| expand_at(format!("{at}.args[{a}]"), arg))
+                                .map(|(a, arg)| expand_at(&|| format!("{at}.args[{a}]"), arg))
                                 .collect(),
                             env: hook
                                 .env
                                 .iter()
                                 .map(|(var, value)| {
-                                    (var.clone(), expand_at(format!("{at}.env.{var}"), value))
+                                    (var.clone(), expand_at(&|| format!("{at}.env.{var}"), value))
                                 })
                                 .collect(),
                             timeout: hook.timeout.map(|t| t.get()),
