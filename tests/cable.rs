@@ -13,7 +13,8 @@ use support::{Navigator, Showcase, event_scope, write_public_tree};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 
 type Ws = WebSocketStream<TcpStream>;
 
@@ -253,6 +254,12 @@ async fn protocol_violations_close_connection() {
         .await
         .unwrap();
     assert_eq!(close_code(&mut ws).await.unwrap().0, CloseCode::Unsupported);
+
+    // A text frame that is not UTF-8 fails the connection with 1007.
+    let mut ws = connect(address, "/cable").await;
+    let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    ws.send(Message::Frame(frame)).await.unwrap();
+    assert_eq!(close_code(&mut ws).await.unwrap().0, CloseCode::Invalid);
 
     // An unknown command type is ignored.
     let mut ws = connect(address, "/cable").await;

@@ -236,6 +236,12 @@ impl Reader<'_> {
                     debug!(connection = self.id(), error = %error, "cable frame too large");
                     return Ending::Close(CloseCode::Size, "frame too large");
                 }
+                // RFC 6455, 8.1: a text frame that is not UTF-8 fails the
+                // connection with 1007.
+                Some(Err(WsError::Utf8(error))) => {
+                    debug!(connection = self.id(), error = %error, "cable text frame is not UTF-8");
+                    return Ending::Close(CloseCode::Invalid, "text frame is not valid UTF-8");
+                }
                 Some(Err(error)) => {
                     debug!(connection = self.id(), error = %error, "cable read failed");
                     return Ending::Quiet;

@@ -142,6 +142,7 @@ pub async fn forward(
                 .direct
                 .send(address, Request::from_parts(parts, body), target.guard)
                 .await?;
+            refuse_unasked_switch(&response)?;
             headers::prepare_response(response.headers_mut(), false);
             return Ok(response);
         };
@@ -154,6 +155,7 @@ pub async fn forward(
         let response = timeout::wait_for_response(pending, limit, &progress)
             .await
             .map_err(ProxyError::Timeout)??;
+        refuse_unasked_switch(&response)?;
         let (mut parts, body) = response.into_parts();
         headers::prepare_response(&mut parts.headers, false);
         let body = timeout::limit_response_gaps(
@@ -202,6 +204,9 @@ pub async fn forward(
     })?;
 
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if client_upgrade.is_none() {
+        refuse_unasked_switch(&response)?;
+    }
     if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let guard = target.guard;
@@ -254,6 +259,17 @@ pub(crate) async fn run_tunnel(
     }
 }
 
+/// Fails a 101 answer to a request sent without an upgrade: the client
+/// did not ask to switch protocols, so the response cannot be passed on.
+fn refuse_unasked_switch<B>(response: &Response<B>) -> Result<(), ProxyError> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(ProxyError::Upstream(
+            "the upstream switched protocols on a request that asked for no upgrade".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Formats the error and its sources on one line.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -292,5 +308,24 @@ impl HttpBody for GuardedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_switch_nobody_asked_for_is_an_upstream_error() {
+        let switch = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .body(())
+            .unwrap();
+        assert!(matches!(
+            refuse_unasked_switch(&switch),
+            Err(ProxyError::Upstream(_))
+        ));
+        let ok = Response::new(());
+        assert!(refuse_unasked_switch(&ok).is_ok());
     }
 }
