@@ -53,7 +53,7 @@ fn invalid_regex_refused_by_check() {
 }
 
 #[test]
-fn tenant_path_that_never_matches_refused() {
+fn unmatchable_tenant_path_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("nav.toml");
     std::fs::write(

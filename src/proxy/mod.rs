@@ -142,7 +142,7 @@ pub async fn forward(
                 .direct
                 .send(address, Request::from_parts(parts, body), target.guard)
                 .await?;
-            refuse_unasked_switch(&response)?;
+            reject_unrequested_switch(&response)?;
             headers::prepare_response(response.headers_mut(), false);
             return Ok(response);
         };
@@ -155,7 +155,7 @@ pub async fn forward(
         let response = timeout::wait_for_response(pending, limit, &progress)
             .await
             .map_err(ProxyError::Timeout)??;
-        refuse_unasked_switch(&response)?;
+        reject_unrequested_switch(&response)?;
         let (mut parts, body) = response.into_parts();
         headers::prepare_response(&mut parts.headers, false);
         let body = timeout::limit_response_gaps(
@@ -205,7 +205,7 @@ pub async fn forward(
 
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     if client_upgrade.is_none() {
-        refuse_unasked_switch(&response)?;
+        reject_unrequested_switch(&response)?;
     }
     if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
@@ -259,12 +259,12 @@ pub(crate) async fn run_tunnel(
     }
 }
 
-/// Fails a 101 answer to a request sent without an upgrade: the client
-/// did not ask to switch protocols, so the response cannot be passed on.
-fn refuse_unasked_switch<B>(response: &Response<B>) -> Result<(), ProxyError> {
+/// Rejects a 101 response to a request sent without an upgrade, because
+/// the client cannot switch protocols it never requested.
+fn reject_unrequested_switch<B>(response: &Response<B>) -> Result<(), ProxyError> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         return Err(ProxyError::Upstream(
-            "the upstream switched protocols on a request that asked for no upgrade".into(),
+            "the upstream switched protocols on a request without an upgrade".into(),
         ));
     }
     Ok(())
@@ -316,16 +316,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_switch_nobody_asked_for_is_an_upstream_error() {
+    fn unrequested_switch_is_upstream_error() {
         let switch = Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .body(())
             .unwrap();
         assert!(matches!(
-            refuse_unasked_switch(&switch),
+            reject_unrequested_switch(&switch),
             Err(ProxyError::Upstream(_))
         ));
         let ok = Response::new(());
-        assert!(refuse_unasked_switch(&ok).is_ok());
+        assert!(reject_unrequested_switch(&ok).is_ok());
     }
 }
