@@ -16,7 +16,7 @@
 //!
 //! Usage:
 //!   lifecycle cold --navigator PATH [--tenants 8] [--boot-ms 300] [--rounds 5]
-//!   lifecycle reload --navigator PATH [--tenants 10000] [--reloads 20]
+//!   lifecycle reload --navigator PATH [--tenants 10000] [--reloads 20] [--clients 4]
 //!
 //! Everything listens on 127.0.0.1 only.
 
@@ -39,6 +39,8 @@ struct Options {
     boot_ms: u64,
     rounds: usize,
     reloads: usize,
+    /// Client threads that keep requesting during the reloads.
+    clients: usize,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -54,6 +56,7 @@ fn parse_options() -> Result<Options, String> {
         boot_ms: 300,
         rounds: 5,
         reloads: 20,
+        clients: 4,
     };
     while let Some(flag) = args.next() {
         let value = args
@@ -70,6 +73,7 @@ fn parse_options() -> Result<Options, String> {
             "--boot-ms" => options.boot_ms = number()? as u64,
             "--rounds" => options.rounds = number()?.max(1),
             "--reloads" => options.reloads = number()?.max(1),
+            "--clients" => options.clients = number()?,
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -388,14 +392,14 @@ fn reload(options: &Options) -> Result<(), String> {
         other => return Err(format!("warming {tenant} failed: {other:?}")),
     }
     println!(
-        "reload: {} tenants, {} reloads under load",
-        options.tenants, options.reloads
+        "reload: {} tenants, {} reloads, {} client thread(s) requesting meanwhile",
+        options.tenants, options.reloads, options.clients
     );
 
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
-    let clients: Vec<_> = (0..4)
+    let clients: Vec<_> = (0..options.clients)
         .map(|index| {
             let (stop, answered, failed) = (stop.clone(), answered.clone(), failed.clone());
             let path = if index % 2 == 0 { tenant } else { "/showcase/" };

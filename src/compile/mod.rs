@@ -52,7 +52,8 @@ pub struct PoolSettings {
 
 pub struct Snapshot {
     /// The config as written (after `${VAR}` expansion), for components
-    /// that read their own sections.
+    /// that read their own sections, without `applications.tenants`: that
+    /// list is in `loaded.config`, and compiled in `tenants`.
     pub config: Config,
     pub loaded: Loaded,
     pub loaded_at: SystemTime,
@@ -89,9 +90,13 @@ impl std::fmt::Debug for Snapshot {
 
 impl Snapshot {
     /// Compiles `loaded`; `env` resolves `${VAR}` in tenant templates.
-    pub fn compile(loaded: Loaded, env: EnvLookup<'_>) -> Result<Snapshot, ConfigErrors> {
+    pub fn compile(mut loaded: Loaded, env: EnvLookup<'_>) -> Result<Snapshot, ConfigErrors> {
         let mut errors = Vec::new();
+        // The tenant list can hold 10,000 entries, so the snapshot keeps it
+        // once, in `loaded.config`, and this copy goes without it.
+        let tenant_list = std::mem::take(&mut loaded.config.applications.tenants);
         let config = loaded.config.clone();
+        loaded.config.applications.tenants = tenant_list;
         let server = &config.server;
 
         let root_path = server.root_path.trim_end_matches('/').to_string();
@@ -165,7 +170,7 @@ impl Snapshot {
         let auth = AuthRules::compile(&loaded, &mut errors);
         let access = AccessControl::compile(&loaded, &auth, &mut errors);
         let bots_enabled = server.bot_detection.enabled
-            || config.applications.tenants.iter().any(|tenant| {
+            || loaded.config.applications.tenants.iter().any(|tenant| {
                 tenant
                     .bot_detection
                     .as_ref()

@@ -20,7 +20,6 @@ pub struct Loaded {
     pub config: Config,
     pub file: PathBuf,
     pub format: Format,
-    pub positions: Positions,
     /// The document tree after `${VAR}` expansion, for `convert`.
     pub tree: Node,
     /// The file's bytes, to tell whether a reload target changed.
@@ -30,7 +29,8 @@ pub struct Loaded {
 impl Loaded {
     /// An error at the position of `key`.
     pub fn error_at(&self, key: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError::new(&self.file, Some(self.positions.find(key)), key, message)
+        let position = Positions::collect(&self.tree).find(key);
+        ConfigError::new(&self.file, Some(position), key, message)
     }
 }
 
@@ -77,17 +77,16 @@ pub fn load_str(
         .into());
     }
 
-    let positions = Positions::collect(&tree);
-    let mut errors = Vec::new();
+    let mut failures: Vec<(String, String)> = Vec::new();
     expand_server_strings(&mut tree, "", env, &mut |key, message| {
-        errors.push(ConfigError::new(
-            file,
-            Some(positions.find(key)),
-            key,
-            message,
-        ));
+        failures.push((key.to_string(), message));
     });
-    if !errors.is_empty() {
+    let positions = Positions::collect(&tree);
+    if !failures.is_empty() {
+        let errors = failures
+            .into_iter()
+            .map(|(key, message)| ConfigError::new(file, Some(positions.find(&key)), key, message))
+            .collect();
         return Err(ConfigErrors(errors));
     }
 
@@ -108,7 +107,6 @@ pub fn load_str(
         config,
         file: file.to_path_buf(),
         format,
-        positions,
         tree,
         text: text.to_string(),
     })

@@ -434,53 +434,68 @@ pub fn join_index(parent: &str, index: usize) -> String {
     format!("{parent}[{index}]")
 }
 
-/// Key path → position of the key (for map entries) or value (for items).
-#[derive(Debug, Default, Clone)]
-pub struct Positions {
-    map: HashMap<String, Pos>,
+/// Finds the positions of key paths (`a.b[2].c`) in a document tree: the
+/// key's position for map entries, the value's for sequence items. The
+/// lookup walks the tree on demand, because positions are only needed for
+/// errors and indexing every key of a 10,000-tenant config cost a good part
+/// of a reload.
+#[derive(Debug, Clone, Copy)]
+pub struct Positions<'a> {
+    root: &'a Node,
 }
 
-impl Positions {
-    pub fn collect(root: &Node) -> Positions {
-        let mut positions = Positions::default();
-        positions.map.insert(String::new(), root.pos);
-        positions.walk(root, "");
-        positions
-    }
-
-    fn walk(&mut self, node: &Node, path: &str) {
-        match &node.value {
-            Value::Map(entries) => {
-                for entry in entries {
-                    let child = join_key(path, &entry.key);
-                    self.map.insert(child.clone(), entry.key_pos);
-                    self.walk(&entry.node, &child);
-                }
-            }
-            Value::Seq(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    let child = join_index(path, i);
-                    self.map.insert(child.clone(), item.pos);
-                    self.walk(item, &child);
-                }
-            }
-            _ => {}
-        }
+impl<'a> Positions<'a> {
+    pub fn collect(root: &'a Node) -> Positions<'a> {
+        Positions { root }
     }
 
     /// Returns the position of `path`, or of its nearest ancestor present in
     /// the file.
     pub fn find(&self, path: &str) -> Pos {
-        let mut current = path;
-        loop {
-            if let Some(pos) = self.map.get(current) {
-                return *pos;
-            }
-            match current.rfind(['.', '[']) {
-                Some(cut) => current = &current[..cut],
-                None => return self.map.get("").copied().unwrap_or_default(),
+        let mut node = self.root;
+        let mut found = self.root.pos;
+        let mut rest = path;
+        while !rest.is_empty() {
+            if let Some(after) = rest.strip_prefix('[') {
+                let Some(close) = after.find(']') else {
+                    return found;
+                };
+                let (Ok(index), Value::Seq(items)) = (after[..close].parse::<usize>(), &node.value)
+                else {
+                    return found;
+                };
+                let Some(item) = items.get(index) else {
+                    return found;
+                };
+                node = item;
+                found = item.pos;
+                rest = &after[close + 1..];
+            } else {
+                let segment = rest.strip_prefix('.').unwrap_or(rest);
+                let Value::Map(entries) = &node.value else {
+                    return found;
+                };
+                // A key may itself contain dots (a host name, a header), so
+                // the longest key that ends at a separator wins.
+                let entry = entries
+                    .iter()
+                    .filter(|entry| {
+                        segment
+                            .strip_prefix(entry.key.as_str())
+                            .is_some_and(|after| {
+                                after.is_empty() || after.starts_with('.') || after.starts_with('[')
+                            })
+                    })
+                    .max_by_key(|entry| entry.key.len());
+                let Some(entry) = entry else {
+                    return found;
+                };
+                node = &entry.node;
+                found = entry.key_pos;
+                rest = &segment[entry.key.len()..];
             }
         }
+        found
     }
 }
 
@@ -525,6 +540,29 @@ mod tests {
             positions.find("applications.tenants[0].nope"),
             Pos { line: 4, column: 1 }
         );
+    }
+
+    #[test]
+    fn positions_of_dotted_keys_and_missing_items() {
+        let text = "[server]\nlisten = 9999\n\n[headers]\n\"example.org\" = { a = 1 }\n\n[[applications.tenants]]\npath = \"/a/\"\n";
+        let root = parse(text, Format::Toml).unwrap();
+        let positions = Positions::collect(&root);
+        assert_eq!(
+            positions.find("headers.example.org.a"),
+            Pos {
+                line: 5,
+                column: 19
+            }
+        );
+        assert_eq!(
+            positions.find("headers.example.org"),
+            Pos { line: 5, column: 1 }
+        );
+        assert_eq!(
+            positions.find("applications.tenants[7].path"),
+            positions.find("applications.tenants")
+        );
+        assert_eq!(positions.find(""), root.pos);
     }
 
     #[test]

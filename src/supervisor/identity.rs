@@ -144,7 +144,14 @@ pub fn missing_accounts(snapshot: &Snapshot) -> Vec<String> {
     if let Some(group) = &pools.group {
         named.push(("applications.pools.group".into(), "group", group));
     }
-    for (i, tenant) in config.applications.tenants.iter().enumerate() {
+    for (i, tenant) in snapshot
+        .loaded
+        .config
+        .applications
+        .tenants
+        .iter()
+        .enumerate()
+    {
         if let Some(user) = &tenant.user {
             named.push((format!("applications.tenants[{i}].user"), "user", user));
         }
