@@ -434,7 +434,15 @@ fn unread_upload_gets_answer() {
         done.store(true, Ordering::Release);
         (ignored, hung)
     });
-    assert_eq!(ignored, Some(200), "{}", navigator.logs.text());
+    // NOTE: the tenant closes its socket with the upload unread, and the
+    // resulting reset can fail navigator's body write before hyper's
+    // client reads the 200 already sent. The client then gets a logged
+    // 502; either way it gets an answer and nothing hangs.
+    assert!(
+        matches!(ignored, Some(200 | 502)),
+        "expected 200 or 502, got {ignored:?}\n{}",
+        navigator.logs.text()
+    );
     assert_eq!(hung, Some(504), "{}", navigator.logs.text());
 
     // Uploads stream through; navigator never holds a whole body.
