@@ -79,6 +79,30 @@ fn unmatchable_tenant_path_rejected() {
 }
 
 #[test]
+fn empty_tenant_command_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nav.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = 3000\n\n[applications.framework]\ncommand = \"${NAVIGATOR_BIN}\"\n\n\
+         [[applications.tenants]]\npath = \"/showcase/2025/boston/\"\n",
+    )
+    .unwrap();
+    let output = Command::new(NAVIGATOR)
+        .args(["check", config.to_str().unwrap()])
+        .env("NAVIGATOR_BIN", "")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("applications.framework.command"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("is empty"), "{stderr}");
+}
+
+#[test]
 fn check_summarizes_generated_showcase() {
     let dir = tempfile::tempdir().unwrap();
     let showcase = Showcase {

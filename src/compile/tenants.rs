@@ -383,6 +383,14 @@ pub fn resolve(
         if failed {
             continue;
         }
+        if program.trim().is_empty() {
+            errors.push(
+                loaded
+                    .error_at(&program_key, format!("the command of tenant {name} is empty"))
+                    .with_hint("check the variables the command expands, such as an empty ${NAVIGATOR_BIN}"),
+            );
+            continue;
+        }
 
         let env: Vec<(String, String)> = env_map.into_iter().collect();
         let pidfile = env
