@@ -136,33 +136,22 @@ pub async fn forward(
     };
     if let Some(address) = direct {
         parts.uri = Uri::from(path_and_query);
-        let body = crate::limits::limit_request_body(body, &parts.extensions);
-        let Some(limit) = target.response_timeout else {
-            let mut response = client
-                .direct
-                .send(address, Request::from_parts(parts, body), target.guard)
-                .await?;
-            reject_unrequested_switch(&response)?;
-            headers::prepare_response(response.headers_mut(), false);
-            return Ok(response);
-        };
         let progress = timeout::Progress::new();
+        let body = crate::limits::limit_request_body(body, &parts.extensions);
         let body = timeout::track_request_body(body, progress.clone());
+        // On a timeout the pending send is dropped, and the lease with it.
         let pending = client
             .direct
             .send(address, Request::from_parts(parts, body), target.guard);
-        // On a timeout the pending send is dropped, and the lease with it.
-        let response = timeout::wait_for_response(pending, limit, &progress)
-            .await
-            .map_err(ProxyError::Timeout)??;
+        let response = await_head(pending, target.response_timeout, &progress).await??;
         reject_unrequested_switch(&response)?;
         let (mut parts, body) = response.into_parts();
         headers::prepare_response(&mut parts.headers, false);
-        let body = timeout::limit_response_gaps(
+        let body = limit_gaps(
             body,
-            limit,
+            target.response_timeout,
             address.to_string(),
-            String::from_utf8_lossy(target.request_id.as_bytes()).into_owned(),
+            target.request_id,
         );
         return Ok(Response::from_parts(parts, body));
     }
@@ -188,12 +177,7 @@ pub async fn forward(
         .map(|authority| authority.to_string())
         .unwrap_or_default();
     let pending = client.general.request(Request::from_parts(parts, body));
-    let result = match target.response_timeout {
-        Some(limit) => timeout::wait_for_response(pending, limit, &progress)
-            .await
-            .map_err(ProxyError::Timeout)?,
-        None => pending.await,
-    };
+    let result = await_head(pending, target.response_timeout, &progress).await?;
     let mut response = result.map_err(|error| {
         let detail = error_chain(&error);
         if error.is_connect() {
@@ -226,16 +210,42 @@ pub async fn forward(
         _guard: target.guard,
     }
     .boxed();
-    let body = match target.response_timeout {
+    let body = limit_gaps(body, target.response_timeout, upstream, target.request_id);
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Waits for the upstream's response head, within `limit` of silence when
+/// a response timeout is set (see [`timeout::wait_for_response`]).
+async fn await_head<F: Future>(
+    pending: F,
+    limit: Option<Duration>,
+    progress: &timeout::Progress,
+) -> Result<F::Output, ProxyError> {
+    match limit {
+        Some(limit) => timeout::wait_for_response(pending, limit, progress)
+            .await
+            .map_err(ProxyError::Timeout),
+        None => Ok(pending.await),
+    }
+}
+
+/// Ends a response body whose upstream stays silent for longer than
+/// `limit` between chunks, when a response timeout is set.
+fn limit_gaps(
+    body: Body,
+    limit: Option<Duration>,
+    upstream: String,
+    request_id: &HeaderValue,
+) -> Body {
+    match limit {
         Some(limit) => timeout::limit_response_gaps(
             body,
             limit,
             upstream,
-            String::from_utf8_lossy(target.request_id.as_bytes()).into_owned(),
+            String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
         ),
         None => body,
-    };
-    Ok(Response::from_parts(parts, body))
+    }
 }
 
 /// Copies bytes both ways between an upgraded client connection and an
