@@ -1,10 +1,10 @@
 //! Tenant lifecycle benchmarks against a release navigator on loopback.
 //!
 //! `cold`: starts a fresh navigator whose tenants are the built-in demo
-//! tenant with a boot delay, sends the first request to each of N tenants
-//! at the same moment, and reports, per tenant, the time from the tenant's
-//! first listen (`DEMO_LISTEN_STAMP`) to the first response byte at the
-//! client: navigator's overhead of readiness probing and proxying. The
+//! tenant with a boot delay, and sends the first request to each of N
+//! tenants at the same moment. Per tenant it reports the time from the
+//! tenant's first listen (`DEMO_LISTEN_STAMP`) to the first response byte
+//! at the client, which is navigator's overhead of probing and proxying. The
 //! wall time of all N first requests shows whether the starts ran side by
 //! side (about one boot delay) or one after another (N boot delays).
 //!
@@ -105,7 +105,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// A port that nothing listened on a moment ago.
+/// Returns a port that nothing listened on a moment ago.
 fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
         .local_addr()?
@@ -141,7 +141,7 @@ impl Navigator {
             thread::sleep(Duration::from_millis(20));
         }
         Err(format!(
-            "navigator did not answer /up within 60 s; log:\n{}",
+            "navigator did not respond to /up within 60 s; log:\n{}",
             navigator.log_tail()
         ))
     }
@@ -150,7 +150,7 @@ impl Navigator {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// The last lines of the log, for error messages.
+    /// Returns the last lines of the log, for error messages.
     fn log_tail(&self) -> String {
         let text = self.log_text();
         let lines: Vec<&str> = text.lines().collect();
@@ -294,7 +294,7 @@ fn cold(options: &Options) -> Result<(), String> {
         for (index, (status, _, first)) in results.iter().enumerate() {
             if *status != 200 {
                 return Err(format!(
-                    "tenant {index} answered {status}; log:\n{}",
+                    "tenant {index} responded with {status}; log:\n{}",
                     navigator.log_tail()
                 ));
             }
@@ -343,8 +343,8 @@ fn cold(options: &Options) -> Result<(), String> {
     Ok(())
 }
 
-/// A Showcase-shaped config: events spread over years and studios, a
-/// static directory, and the first event's tenant being the demo tenant.
+/// Builds a Showcase-shaped config: events spread over years and studios,
+/// a static directory, and every tenant running the demo tenant.
 fn showcase_config(options: &Options, port: u16, generation: usize) -> String {
     let mut config = format!(
         "# generation {generation}\n\
@@ -408,7 +408,7 @@ fn reload(options: &Options) -> Result<(), String> {
                     match get(port, path) {
                         Ok((200, _)) => answered.fetch_add(1, Ordering::Relaxed),
                         Ok((status, _)) => {
-                            eprintln!("lifecycle: {path} answered {status}");
+                            eprintln!("lifecycle: {path} responded with {status}");
                             failed.fetch_add(1, Ordering::Relaxed)
                         }
                         Err(error) => {
@@ -468,7 +468,7 @@ fn reload(options: &Options) -> Result<(), String> {
     Ok(())
 }
 
-/// The `elapsed_ms` of every `reload applied` line, in order.
+/// Collects the `elapsed_ms` of every `reload applied` line, in order.
 fn reload_times(log: &str) -> Vec<f64> {
     log.lines()
         .filter(|line| line.contains("reload applied"))

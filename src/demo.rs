@@ -120,7 +120,7 @@ pub struct Settings {
     /// Where `.../broadcast` publishes (`TURBO_CABLE_BROADCAST_URL`).
     pub broadcast_url: Option<String>,
     pub request_log: Option<PathBuf>,
-    /// Where the time of the first listen goes (`DEMO_LISTEN_STAMP`).
+    /// File that receives the time of the first listen (`DEMO_LISTEN_STAMP`).
     pub listen_stamp: Option<PathBuf>,
 }
 
