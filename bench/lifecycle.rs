@@ -428,12 +428,13 @@ fn reload(options: &Options) -> Result<(), String> {
         navigator.signal("HUP")?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let elapsed = reload_times(&navigator.log_text());
+            let log = navigator.log_text();
+            let elapsed = reload_times(&log);
             if elapsed.len() >= generation {
                 times.push(elapsed[generation - 1]);
                 break;
             }
-            if navigator.log_text().contains("reload rejected") {
+            if log.contains("reload rejected") {
                 return Err(format!("a reload was rejected:\n{}", navigator.log_tail()));
             }
             if Instant::now() > deadline {
