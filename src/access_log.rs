@@ -93,7 +93,9 @@ pub struct AccessRecord {
     pub client: IpAddr,
     pub user: Option<String>,
     pub method: Method,
-    pub uri: String,
+    /// The request target as received: a cheap clone of hyper's parse,
+    /// formatted only if the record is written.
+    pub uri: http::Uri,
     pub version: Version,
     pub request_id: HeaderValue,
     pub user_agent: Option<HeaderValue>,
@@ -140,22 +142,29 @@ fn header_text(value: &Option<HeaderValue>) -> &str {
 }
 
 /// Wraps `body` so the record is written once the body has been sent or
-/// dropped, with the number of bytes that went out.
-pub fn log_on_completion(body: Body, mut record: AccessRecord, status: u16) -> Body {
+/// dropped, with the number of bytes that went out. `held` (the guards
+/// that count the request as in flight) is dropped just after the record:
+/// one wrapper serves them all, rather than one boxed layer each.
+pub fn log_on_completion<H>(body: Body, mut record: AccessRecord, status: u16, held: H) -> Body
+where
+    H: Send + Sync + Unpin + 'static,
+{
     record.status = Some(status);
     CountingBody {
         inner: body,
         record,
+        _held: held,
     }
     .boxed()
 }
 
-struct CountingBody {
+struct CountingBody<H> {
     inner: Body,
     record: AccessRecord,
+    _held: H,
 }
 
-impl HttpBody for CountingBody {
+impl<H: Unpin> HttpBody for CountingBody<H> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -184,6 +193,35 @@ impl HttpBody for CountingBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record() -> AccessRecord {
+        AccessRecord {
+            started: Instant::now(),
+            client: IpAddr::from([127, 0, 0, 1]),
+            user: None,
+            method: Method::GET,
+            uri: http::Uri::from_static("/showcase/"),
+            version: Version::HTTP_11,
+            request_id: HeaderValue::from_static("test"),
+            user_agent: None,
+            referer: None,
+            tenant: None,
+            answer: Answer::Proxy,
+            target: None,
+            status: None,
+            bytes: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn held_values_dropped_once_the_body_has_ended() {
+        let held = std::sync::Arc::new(());
+        let body = log_on_completion(crate::body::full("abc"), record(), 200, held.clone());
+        assert_eq!(std::sync::Arc::strong_count(&held), 2);
+        let collected = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&collected[..], b"abc");
+        assert_eq!(std::sync::Arc::strong_count(&held), 1);
+    }
 
     #[test]
     fn all_answers_indexed_by_discriminant() {

@@ -18,15 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::task::AtomicWaker;
-use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-
-use crate::body::{Body, BoxError};
 
 /// Waits up to `timeout` for the client's first byte. Returns false when
 /// none came (or the peer closed), and the connection should be dropped.
@@ -223,41 +218,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
-    }
-}
-
-/// Keeps `guard` until `body` has been sent or dropped, so a streaming
-/// response counts as in flight to its end.
-pub fn hold_until_sent(body: Body, guard: InFlight) -> Body {
-    HeldBody {
-        inner: body,
-        _guard: guard,
-    }
-    .boxed()
-}
-
-struct HeldBody {
-    inner: Body,
-    _guard: InFlight,
-}
-
-impl HttpBody for HeldBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

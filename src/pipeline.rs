@@ -11,6 +11,7 @@ use std::time::Instant;
 use http::header::{HOST, REFERER, USER_AGENT};
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use tracing::{debug, error, warn};
@@ -56,6 +57,7 @@ pub async fn handle(
     app: Arc<App>,
     connection: Connection,
     request: Request<Incoming>,
+    in_flight: crate::connection::InFlight,
 ) -> Response<Body> {
     let started = Instant::now();
 
@@ -70,7 +72,7 @@ pub async fn handle(
         client: client_address(&snapshot, &connection, &request),
         user: None,
         method: request.method().clone(),
-        uri: uri_text(request.uri()),
+        uri: request.uri().clone(),
         version: request.version(),
         request_id: request_id.clone(),
         user_agent: request.headers().get(USER_AGENT).cloned(),
@@ -96,8 +98,8 @@ pub async fn handle(
         .insert(X_REQUEST_ID, context.request_id.clone());
     let status = response.status().as_u16();
     let (parts, body) = response.into_parts();
-    let body = access_log::log_on_completion(body, context.record, status);
-    Response::from_parts(parts, fly::idle::hold_until_end(body, activity))
+    let body = access_log::log_on_completion(body, context.record, status, (activity, in_flight));
+    Response::from_parts(parts, body)
 }
 
 /// The pipeline, step by step.
@@ -125,8 +127,11 @@ async fn route(
             &format!("{} {}", error.status(), error.message()),
         );
     }
-    head.extensions
-        .insert(limits::BodyLimit::new(max_body_bytes));
+    // A request without a body (most are GETs) has nothing to limit.
+    if !body.is_end_stream() {
+        head.extensions
+            .insert(limits::BodyLimit::new(max_body_bytes));
+    }
 
     // 0. Canonical path: every later step matches this one decoded path.
     let path = match canonical::canonicalize(head.uri.path()) {
@@ -170,10 +175,13 @@ async fn route(
                 "403 Forbidden: broadcasts are not accepted from web pages",
             );
         }
-        return app
-            .cable
-            .broadcast_endpoint(&head.method, body, context.connection.peer)
-            .await;
+        // Rare branches are boxed, so that the state of every request's
+        // future stays the size of the common path's.
+        return Box::pin(
+            app.cable
+                .broadcast_endpoint(&head.method, body, context.connection.peer),
+        )
+        .await;
     }
 
     // 4. Authentication, before every routing decision. A path that a glob
@@ -227,7 +235,7 @@ async fn route(
     let path = rewritten.clone().unwrap_or(path);
     if let Some(rule) = snapshot.replay.find(&path, &head.method) {
         let request = Request::from_parts(head, body);
-        return fly::replay::answer(app, context, rule, request).await;
+        return Box::pin(fly::replay::answer(app, context, rule, request)).await;
     }
     if let Some(response) = trailing_slash_redirect(&snapshot, context, &path, &head) {
         return response;
@@ -235,7 +243,7 @@ async fn route(
 
     // 7. CGI scripts.
     if let Some(script) = cgi::find(&snapshot, &path, &head.method) {
-        return cgi::serve(app, context, script, head, body).await;
+        return Box::pin(cgi::serve(app, context, script, head, body)).await;
     }
 
     // 8. Reverse proxy routes.
@@ -243,7 +251,10 @@ async fn route(
         let original = upstream_path_and_query(&head, rewritten.as_deref());
         let request = Request::from_parts(head, body);
         let client = &snapshot.reverse_proxy_client;
-        return reverse_proxy::serve(client, matched, context, request, &original).await;
+        return Box::pin(reverse_proxy::serve(
+            client, matched, context, request, &original,
+        ))
+        .await;
     }
 
     // 9. Static files, also during maintenance.
@@ -290,17 +301,6 @@ fn request_id(request: &Request<Incoming>) -> HeaderValue {
         *digit = b"0123456789abcdef"[nibble as usize];
     }
     HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("-"))
-}
-
-/// The request target as logged: origin-form URIs (all of HTTP/1.1's but
-/// `CONNECT` and proxies') without going through the formatter.
-fn uri_text(uri: &http::Uri) -> String {
-    match (uri.scheme(), uri.path_and_query()) {
-        (None, Some(path_and_query)) if uri.authority().is_none() => {
-            path_and_query.as_str().to_string()
-        }
-        _ => uri.to_string(),
-    }
 }
 
 /// Returns the client address for logs and `$remote_addr`: the socket

@@ -245,10 +245,8 @@ impl Accepted {
                 let app = app.clone();
                 let in_flight = activity.request_started();
                 async move {
-                    let response = pipeline::handle(app, connection, request).await;
-                    let (parts, body) = response.into_parts();
-                    let body = connection::hold_until_sent(body, in_flight);
-                    Ok::<_, std::convert::Infallible>(http::Response::from_parts(parts, body))
+                    let response = pipeline::handle(app, connection, request, in_flight).await;
+                    Ok::<_, std::convert::Infallible>(response)
                 }
             })
         };

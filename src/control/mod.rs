@@ -394,7 +394,7 @@ mod tests {
                 client: peer.ip(),
                 user: None,
                 method: Method::GET,
-                uri: "/_navigator/tenants.json".into(),
+                uri: http::Uri::from_static("/_navigator/tenants.json"),
                 version: http::Version::HTTP_11,
                 request_id: HeaderValue::from_static("test"),
                 user_agent: None,

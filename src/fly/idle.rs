@@ -9,22 +9,17 @@
 //! as whoever owns the tunnel holds an [`Activity`] (tenant tunnels with
 //! `track_websockets`, private-network tunnels).
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::Request;
-use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::BodyExt;
 use tokio::sync::{Mutex, Notify};
 use tracing::{debug, info, warn};
 
 use super::machines;
 use crate::app::App;
-use crate::body::{Body, BoxError};
 use crate::compile::Snapshot;
 use crate::config::schema::MachineIdle as IdleSettings;
 use crate::hooks::{self, ServerEvent};
@@ -141,43 +136,6 @@ pub async fn wake(app: &App) {
         duration_ms = started.elapsed().as_millis() as u64,
         "machine resumed"
     );
-}
-
-/// Keeps `activity` until `body` has been sent or dropped.
-pub fn hold_until_end(body: Body, activity: Option<Activity>) -> Body {
-    match activity {
-        Some(activity) => HeldBody {
-            inner: body,
-            _activity: activity,
-        }
-        .boxed(),
-        None => body,
-    }
-}
-
-struct HeldBody {
-    inner: Body,
-    _activity: Activity,
-}
-
-impl HttpBody for HeldBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 /// Watches for idleness for as long as navigator runs. Reads
@@ -328,15 +286,5 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         drop(idle.track());
         assert!(idle.idle_since() > before);
-    }
-
-    #[tokio::test]
-    async fn held_body_releases_activity_at_end() {
-        let idle = MachineIdle::new();
-        let body = hold_until_end(crate::body::full("abc"), Some(idle.track()));
-        assert_eq!(idle.in_flight(), 1);
-        let collected = body.collect().await.unwrap().to_bytes();
-        assert_eq!(&collected[..], b"abc");
-        assert_eq!(idle.in_flight(), 0);
     }
 }

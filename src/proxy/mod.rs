@@ -136,23 +136,28 @@ pub async fn forward(
     };
     if let Some(address) = direct {
         parts.uri = Uri::from(path_and_query);
-        let progress = timeout::Progress::new();
-        let body = crate::limits::limit_request_body(body, &parts.extensions);
-        let body = timeout::track_request_body(body, progress.clone());
-        // On a timeout the pending send is dropped, and the lease with it.
-        let pending = client
-            .direct
-            .send(address, Request::from_parts(parts, body), target.guard);
-        let response = await_head(pending, target.response_timeout, &progress).await??;
+        let (body, progress) = request_body(body, &parts.extensions, target.response_timeout);
+        // Pinned in place: the wrappers below borrow it rather than hold
+        // copies of a large future. On a timeout the pending send is
+        // dropped, and the lease with it.
+        let pending = std::pin::pin!(client.direct.send(
+            address,
+            Request::from_parts(parts, body),
+            target.guard
+        ));
+        let response = await_head(pending, target.response_timeout, progress.as_deref()).await??;
         reject_unrequested_switch(&response)?;
         let (mut parts, body) = response.into_parts();
         headers::prepare_response(&mut parts.headers, false);
-        let body = limit_gaps(
-            body,
-            target.response_timeout,
-            address.to_string(),
-            target.request_id,
-        );
+        let body = match target.response_timeout {
+            Some(limit) => timeout::limit_response_gaps(
+                body,
+                limit,
+                timeout::UpstreamName::Address(address),
+                target.request_id.clone(),
+            ),
+            None => body.boxed(),
+        };
         return Ok(Response::from_parts(parts, body));
     }
 
@@ -163,12 +168,10 @@ pub async fn forward(
         .build()
         .map_err(|e| ProxyError::InvalidTarget(e.to_string()))?;
 
-    let progress = timeout::Progress::new();
-    let body: Body = if websocket {
-        crate::body::empty()
+    let (body, progress) = if websocket {
+        (crate::body::empty(), None)
     } else {
-        let body = crate::limits::limit_request_body(body, &parts.extensions);
-        timeout::track_request_body(body, progress.clone())
+        request_body(body, &parts.extensions, target.response_timeout)
     };
 
     let upstream = parts
@@ -176,8 +179,8 @@ pub async fn forward(
         .authority()
         .map(|authority| authority.to_string())
         .unwrap_or_default();
-    let pending = client.general.request(Request::from_parts(parts, body));
-    let result = await_head(pending, target.response_timeout, &progress).await?;
+    let pending = std::pin::pin!(client.general.request(Request::from_parts(parts, body)));
+    let result = await_head(pending, target.response_timeout, progress.as_deref()).await?;
     let mut response = result.map_err(|error| {
         let detail = error_chain(&error);
         if error.is_connect() {
@@ -210,41 +213,54 @@ pub async fn forward(
         _guard: target.guard,
     }
     .boxed();
-    let body = limit_gaps(body, target.response_timeout, upstream, target.request_id);
+    let body = match target.response_timeout {
+        Some(limit) => timeout::limit_response_gaps(
+            body,
+            limit,
+            timeout::UpstreamName::Authority(upstream),
+            target.request_id.clone(),
+        ),
+        None => body,
+    };
     Ok(Response::from_parts(parts, body))
+}
+
+/// Prepares the request body to send upstream: held to the body limit,
+/// and with a response timeout, tracked so that forwarded chunks count as
+/// progress. A request without a body needs neither.
+fn request_body(
+    body: Incoming,
+    extensions: &http::Extensions,
+    response_timeout: Option<Duration>,
+) -> (Body, Option<std::sync::Arc<timeout::Progress>>) {
+    if body.is_end_stream() {
+        return (crate::body::empty(), None);
+    }
+    let body = crate::limits::limit_request_body(body, extensions);
+    match response_timeout {
+        Some(_) => {
+            let progress = timeout::Progress::new();
+            (
+                timeout::track_request_body(body, progress.clone()),
+                Some(progress),
+            )
+        }
+        None => (body, None),
+    }
 }
 
 /// Waits for the upstream's response head, within `limit` of silence when
 /// a response timeout is set (see [`timeout::wait_for_response`]).
 async fn await_head<F: Future>(
-    pending: F,
+    pending: Pin<&mut F>,
     limit: Option<Duration>,
-    progress: &timeout::Progress,
+    progress: Option<&timeout::Progress>,
 ) -> Result<F::Output, ProxyError> {
     match limit {
         Some(limit) => timeout::wait_for_response(pending, limit, progress)
             .await
             .map_err(ProxyError::Timeout),
         None => Ok(pending.await),
-    }
-}
-
-/// Ends a response body whose upstream stays silent for longer than
-/// `limit` between chunks, when a response timeout is set.
-fn limit_gaps(
-    body: Body,
-    limit: Option<Duration>,
-    upstream: String,
-    request_id: &HeaderValue,
-) -> Body {
-    match limit {
-        Some(limit) => timeout::limit_response_gaps(
-            body,
-            limit,
-            upstream,
-            String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
-        ),
-        None => body,
     }
 }
 

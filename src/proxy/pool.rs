@@ -25,7 +25,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -137,7 +136,7 @@ impl Pool {
         address: SocketAddr,
         mut request: Request<Body>,
         guard: Guard,
-    ) -> Result<Response<Body>, ProxyError> {
+    ) -> Result<Response<PooledBody>, ProxyError> {
         loop {
             let (mut upstream, reused) = match self.take(address) {
                 Some(upstream) => (upstream, true),
@@ -226,7 +225,7 @@ async fn connect(address: SocketAddr) -> Result<Box<Upstream>, ProxyError> {
 /// A response body from a pooled connection. It drives the connection
 /// while the body streams, and returns it to the pool once the body has
 /// ended and the connection can take the next request.
-struct PooledBody {
+pub struct PooledBody {
     inner: Incoming,
     upstream: Option<Box<Upstream>>,
     pool: Pool,
@@ -235,14 +234,14 @@ struct PooledBody {
 }
 
 impl PooledBody {
-    fn start(mut self) -> Body {
+    fn start(mut self) -> PooledBody {
         // A response without a body (to HEAD, a 204 or 304) may never be
         // polled; its connection is free now. No task waits on an idle
         // connection, so a waker that does nothing serves.
         if self.inner.is_end_stream() {
             self.release(&mut Context::from_waker(std::task::Waker::noop()));
         }
-        self.boxed()
+        self
     }
 
     /// Returns the connection to the pool when it can take another

@@ -104,20 +104,22 @@ impl HttpBody for RequestBody {
 }
 
 /// Waits for `response` until it resolves, or until `limit` passed since
-/// the request body last made `progress` (or since the wait began).
+/// the request body last made `progress` (or since the wait began, for a
+/// request without a body to track). The response future is borrowed
+/// pinned, so that this wrapper does not hold a second copy of it.
 pub async fn wait_for_response<F: Future>(
-    response: F,
+    mut response: Pin<&mut F>,
     limit: Duration,
-    progress: &Progress,
+    progress: Option<&Progress>,
 ) -> Result<F::Output, TimedOut> {
-    tokio::pin!(response);
+    let began = Instant::now();
+    let deadline = || progress.map_or(began + limit, |progress| progress.deadline(limit));
     loop {
-        let deadline = progress.deadline(limit);
         tokio::select! {
-            output = &mut response => return Ok(output),
-            _ = tokio::time::sleep_until(deadline) => {
+            output = response.as_mut() => return Ok(output),
+            _ = tokio::time::sleep_until(deadline()) => {
                 // A chunk forwarded meanwhile moved the deadline.
-                if progress.deadline(limit) <= Instant::now() {
+                if deadline() <= Instant::now() {
                     return Err(TimedOut(limit));
                 }
             }
@@ -125,35 +127,65 @@ pub async fn wait_for_response<F: Future>(
     }
 }
 
+/// Names the upstream of a response in the timeout warning.
+#[derive(Debug, Clone)]
+pub enum UpstreamName {
+    Address(std::net::SocketAddr),
+    Authority(String),
+}
+
+impl std::fmt::Display for UpstreamName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamName::Address(address) => address.fmt(f),
+            UpstreamName::Authority(authority) => f.write_str(authority),
+        }
+    }
+}
+
 /// Wraps a response body so that a gap of more than `limit` between two
 /// chunks ends it with an error, which makes hyper abort the response to
 /// the client. `upstream` and `request_id` name the request in the log.
-pub fn limit_response_gaps(
-    body: Body,
+///
+/// The gap is counted from the first poll that finds no chunk ready, so
+/// time spent writing a chunk to a slow client is not charged to the
+/// upstream. The timer is made on that first empty poll: a small body
+/// that is ready whenever it is polled never needs one.
+pub fn limit_response_gaps<B>(
+    body: B,
     limit: Duration,
-    upstream: String,
-    request_id: String,
-) -> Body {
+    upstream: UpstreamName,
+    request_id: http::HeaderValue,
+) -> Body
+where
+    B: HttpBody<Data = Bytes, Error = BoxError> + Send + Sync + Unpin + 'static,
+{
     http_body_util::BodyExt::boxed(ResponseBody {
         inner: body,
         limit,
-        timer: Box::pin(tokio::time::sleep(limit)),
+        timer: None,
+        armed: false,
         timed_out: false,
         upstream,
         request_id,
     })
 }
 
-struct ResponseBody {
-    inner: Body,
+struct ResponseBody<B> {
+    inner: B,
     limit: Duration,
-    timer: Pin<Box<Sleep>>,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Whether the timer counts the current gap.
+    armed: bool,
     timed_out: bool,
-    upstream: String,
-    request_id: String,
+    upstream: UpstreamName,
+    request_id: http::HeaderValue,
 }
 
-impl HttpBody for ResponseBody {
+impl<B> HttpBody for ResponseBody<B>
+where
+    B: HttpBody<Data = Bytes, Error = BoxError> + Unpin,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -161,25 +193,35 @@ impl HttpBody for ResponseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.timed_out {
+        let this = &mut *self;
+        if this.timed_out {
             return Poll::Ready(None);
         }
-        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
-            let next = Instant::now() + self.limit;
-            self.timer.as_mut().reset(next);
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.armed = false;
             return Poll::Ready(frame);
         }
-        if self.timer.as_mut().poll(cx).is_pending() {
+        let deadline = Instant::now() + this.limit;
+        let timer = match (&mut this.timer, this.armed) {
+            (Some(timer), true) => timer,
+            (Some(timer), false) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            (timer @ None, _) => timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        this.armed = true;
+        if timer.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
-        self.timed_out = true;
+        this.timed_out = true;
         warn!(
-            upstream = %self.upstream,
-            request_id = %self.request_id,
-            timeout_ms = self.limit.as_millis() as u64,
+            upstream = %this.upstream,
+            request_id = %String::from_utf8_lossy(this.request_id.as_bytes()),
+            timeout_ms = this.limit.as_millis() as u64,
             "upstream stopped sending the response body; aborting the response"
         );
-        Poll::Ready(Some(Err(Box::new(TimedOut(self.limit)))))
+        Poll::Ready(Some(Err(Box::new(TimedOut(this.limit)))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -210,16 +252,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn wait_times_out_without_progress() {
-        let progress = Progress::new();
-        let never = std::future::pending::<()>();
-        let result = wait_for_response(never, Duration::from_secs(5), &progress).await;
+        let never = std::pin::pin!(std::future::pending::<()>());
+        let result = wait_for_response(never, Duration::from_secs(5), None).await;
         assert_eq!(result, Err(TimedOut(Duration::from_secs(5))));
     }
 
     #[tokio::test(start_paused = true)]
     async fn wait_returns_the_response() {
         let progress = Progress::new();
-        let result = wait_for_response(async { 7 }, Duration::from_secs(5), &progress).await;
+        let answer = std::pin::pin!(async { 7 });
+        let result = wait_for_response(answer, Duration::from_secs(5), Some(&progress)).await;
         assert_eq!(result, Ok(7));
     }
 
@@ -238,7 +280,8 @@ mod tests {
                 std::future::pending::<()>().await
             }
         };
-        let result = wait_for_response(uploads, Duration::from_secs(5), &progress).await;
+        let uploads = std::pin::pin!(uploads);
+        let result = wait_for_response(uploads, Duration::from_secs(5), Some(&progress)).await;
         assert_eq!(result, Err(TimedOut(Duration::from_secs(5))));
         assert_eq!(started.elapsed(), Duration::from_secs(29));
     }
@@ -248,8 +291,8 @@ mod tests {
         let body = limit_response_gaps(
             one_chunk_then_silence(),
             Duration::from_secs(3),
-            "127.0.0.1:4000".into(),
-            "id".into(),
+            UpstreamName::Authority("127.0.0.1:4000".into()),
+            http::HeaderValue::from_static("id"),
         );
         tokio::pin!(body);
         let first = body.frame().await.unwrap().unwrap();
@@ -258,6 +301,34 @@ mod tests {
         let error = body.frame().await.unwrap().unwrap_err();
         assert_eq!(started.elapsed(), Duration::from_secs(3));
         assert!(error.to_string().contains("3000 ms"), "{error}");
+        assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_client_time_is_not_a_gap() {
+        // The second chunk comes 2 s after it is asked for; the client asks
+        // only 2.5 s after the first. Neither wait reaches the 3 s limit.
+        let frames = futures_util::stream::unfold(0u8, |step| async move {
+            match step {
+                0 => Some((Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"a"))), 1)),
+                1 => {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    Some((Ok(Frame::data(Bytes::from_static(b"b"))), 2))
+                }
+                _ => None,
+            }
+        });
+        let body = limit_response_gaps(
+            http_body_util::StreamBody::new(frames).boxed(),
+            Duration::from_secs(3),
+            UpstreamName::Authority("127.0.0.1:4000".into()),
+            http::HeaderValue::from_static("id"),
+        );
+        tokio::pin!(body);
+        body.frame().await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let second = body.frame().await.unwrap().unwrap();
+        assert_eq!(second.into_data().unwrap(), Bytes::from_static(b"b"));
         assert!(body.frame().await.is_none());
     }
 
