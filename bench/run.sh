@@ -188,7 +188,26 @@ EOF
   echo "navigator/nginx throughput: $(ratio "$n_rps" "$x_rps")"
   echo "navigator/direct throughput: $(ratio "$n_rps" "$d_rps")"
   awk -v a="$n_p50" -v b="$d_p50" -v c="$n_p99" -v d="$d_p99" \
-    'BEGIN { printf "added latency: p50 %.3f ms, p99 %.3f ms\n", a - b, c - d }'
+    'BEGIN { printf "latency difference at saturation: p50 %.3f ms, p99 %.3f ms\n", a - b, c - d }'
+
+  # At saturation a request's latency is mostly its wait behind the other
+  # connections' requests, so the difference above follows throughput.
+  # The latency a proxy adds to each request is measured with one
+  # connection: every request goes out as soon as the last one is back.
+  local saved_connections=$connections saved_threads=$threads
+  connections=1
+  threads=1
+  echo "== proxy: added latency, one connection, keep-alive"
+  compare targets
+  connections=$saved_connections
+  threads=$saved_threads
+  read -r _ d_p50 d_p99 <"$work/median.direct"
+  read -r _ x_p50 x_p99 <"$work/median.nginx"
+  read -r _ n_p50 n_p99 <"$work/median.navigator"
+  awk -v a="$n_p50" -v b="$d_p50" -v c="$n_p99" -v d="$d_p99" \
+    'BEGIN { printf "navigator added latency: p50 %.3f ms, p99 %.3f ms\n", a - b, c - d }'
+  awk -v a="$x_p50" -v b="$d_p50" -v c="$x_p99" -v d="$d_p99" \
+    'BEGIN { printf "nginx added latency: p50 %.3f ms, p99 %.3f ms\n", a - b, c - d }'
   stop_all
 }
 

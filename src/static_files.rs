@@ -6,7 +6,8 @@
 //! down the pipeline to a tenant. The lookup, the checks and the read of a
 //! small body run in one `spawn_blocking` task, because each `tokio::fs`
 //! call would be a separate trip to the blocking pool. Only a large body is
-//! read afterwards, as a stream.
+//! read afterwards, as a stream. Whole files up to 1 MiB are read at once
+//! and kept in memory (see `cache`).
 
 mod cache;
 mod negotiate;
@@ -937,13 +938,30 @@ mod tests {
     #[tokio::test]
     async fn large_file_streams_whole() {
         let site = Site::new();
-        let contents = numbered_bytes(300_000);
+        let contents = numbered_bytes(1_500_000);
         site.write("big.bin", &contents);
-        let response = get(&site.server(), "/big.bin", &[]).await;
+        let server = site.server();
+        let response = get(&server, "/big.bin", &[]).await;
 
         assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(header(&response, "content-length"), Some("300000"));
+        assert_eq!(header(&response, "content-length"), Some("1500000"));
         assert_eq!(body_of(response).await.as_ref(), contents.as_slice());
+        get(&server, "/big.bin", &[]).await;
+        assert_eq!(cache_hits(&server), 0, "too large to keep in memory");
+    }
+
+    #[tokio::test]
+    async fn bundle_sized_file_served_from_memory() {
+        let site = Site::new();
+        let contents = numbered_bytes(900_000);
+        site.write("application.js", &contents);
+        let server = site.server();
+        for _ in 0..2 {
+            let response = get(&server, "/application.js", &[]).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(body_of(response).await.as_ref(), contents.as_slice());
+        }
+        assert_eq!(cache_hits(&server), 1);
     }
 
     #[tokio::test]

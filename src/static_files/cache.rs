@@ -30,10 +30,12 @@ use crate::body::{self, Body};
 
 /// How long an entry is served on its `stat` check alone.
 pub(super) const FRESH_FOR: Duration = Duration::from_secs(1);
-/// Files larger than this are not kept.
-const MAX_FILE_BYTES: usize = 64 * 1024;
+/// Files larger than this are not kept. Showcase's largest assets (the
+/// JavaScript and CSS bundles) fit, so they are written from memory in
+/// one go rather than read in chunks on the blocking pool each time.
+pub(super) const MAX_FILE_BYTES: usize = 1024 * 1024;
 /// The bodies kept, all entries together.
-const MAX_TOTAL_BYTES: usize = 8 * 1024 * 1024;
+const MAX_TOTAL_BYTES: usize = 32 * 1024 * 1024;
 
 /// What identifies one version of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

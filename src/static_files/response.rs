@@ -22,10 +22,11 @@ use tracing::warn;
 use super::cache::{Fingerprint, Served};
 use super::negotiate::{self, AcceptedEncodings, ByteRange, Comparison, Encoding};
 use super::{Lookup, OpenedFile, Probe, is_regular_file, read_exact_len, with_suffix};
+use super::cache;
 use crate::body::{self, Body, BoxError};
 
 /// Bodies up to this size are read into memory in one call; larger ones
-/// are streamed.
+/// are streamed, except whole files that the memory cache may keep.
 const SMALL_BODY_LIMIT: u64 = 64 * 1024;
 
 /// Read size of a streamed body.
@@ -289,11 +290,19 @@ impl Lookup {
         let body = if conditions.head {
             BodySource::Empty
         } else {
+            // A whole plain file may go to the memory cache, which keeps
+            // only bodies read into memory.
+            let whole_file = matches!(range, ByteRange::Whole) && representation.sibling.is_none();
+            let read_limit = if whole_file {
+                cache::MAX_FILE_BYTES as u64
+            } else {
+                SMALL_BODY_LIMIT
+            };
             let path = match representation.sibling {
                 Some((_, sibling)) => sibling,
                 None => representation.requested,
             };
-            read_body(representation.opened.file, path, start, body_len)?
+            read_body(representation.opened.file, path, start, body_len, read_limit)?
         };
         let mut response = Response::new(body);
         *response.status_mut() = status;
@@ -344,16 +353,22 @@ impl Lookup {
     }
 }
 
-/// Plans the body of `len` bytes starting at `start`: read now when
-/// small, else streamed from the open file.
-fn read_body(mut file: File, path: PathBuf, start: u64, len: u64) -> Option<BodySource> {
+/// Plans the body of `len` bytes starting at `start`: read now when at
+/// most `read_limit` bytes, else streamed from the open file.
+fn read_body(
+    mut file: File,
+    path: PathBuf,
+    start: u64,
+    len: u64,
+    read_limit: u64,
+) -> Option<BodySource> {
     if start > 0 {
         if let Err(error) = file.seek(SeekFrom::Start(start)) {
             warn!(path = %path.display(), %error, "seeking in static file failed");
             return None;
         }
     }
-    if len <= SMALL_BODY_LIMIT {
+    if len <= read_limit {
         let bytes = read_exact_len(&mut file, len, &path)?;
         return Some(BodySource::Bytes(Bytes::from(bytes)));
     }
