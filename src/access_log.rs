@@ -142,29 +142,29 @@ fn header_text(value: &Option<HeaderValue>) -> &str {
 }
 
 /// Wraps `body` so the record is written once the body has been sent or
-/// dropped, with the number of bytes that went out. `held` (the guards
-/// that count the request as in flight) is dropped just after the record:
-/// one wrapper serves them all, rather than one boxed layer each.
-pub fn log_on_completion<H>(body: Body, mut record: AccessRecord, status: u16, held: H) -> Body
+/// dropped, with the number of bytes that went out. `guards` (those that
+/// count the request as in flight) are dropped just after the record: one
+/// wrapper serves them all, rather than one boxed layer each.
+pub fn log_on_completion<G>(body: Body, mut record: AccessRecord, status: u16, guards: G) -> Body
 where
-    H: Send + Sync + Unpin + 'static,
+    G: Send + Sync + Unpin + 'static,
 {
     record.status = Some(status);
     CountingBody {
         inner: body,
         record,
-        _held: held,
+        _guards: guards,
     }
     .boxed()
 }
 
-struct CountingBody<H> {
+struct CountingBody<G> {
     inner: Body,
     record: AccessRecord,
-    _held: H,
+    _guards: G,
 }
 
-impl<H: Unpin> HttpBody for CountingBody<H> {
+impl<G: Unpin> HttpBody for CountingBody<G> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -214,13 +214,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn held_values_dropped_once_the_body_has_ended() {
-        let held = std::sync::Arc::new(());
-        let body = log_on_completion(crate::body::full("abc"), record(), 200, held.clone());
-        assert_eq!(std::sync::Arc::strong_count(&held), 2);
+    async fn guards_dropped_once_the_body_has_ended() {
+        let guard = std::sync::Arc::new(());
+        let body = log_on_completion(crate::body::full("abc"), record(), 200, guard.clone());
+        assert_eq!(std::sync::Arc::strong_count(&guard), 2);
         let collected = body.collect().await.unwrap().to_bytes();
         assert_eq!(&collected[..], b"abc");
-        assert_eq!(std::sync::Arc::strong_count(&held), 1);
+        assert_eq!(std::sync::Arc::strong_count(&guard), 1);
     }
 
     #[test]

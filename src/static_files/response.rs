@@ -19,10 +19,10 @@ use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 use tracing::warn;
 
+use super::cache;
 use super::cache::{Fingerprint, Served};
 use super::negotiate::{self, AcceptedEncodings, ByteRange, Comparison, Encoding};
 use super::{Lookup, OpenedFile, Probe, is_regular_file, read_exact_len, with_suffix};
-use super::cache;
 use crate::body::{self, Body, BoxError};
 
 /// Bodies up to this size are read into memory in one call; larger ones
@@ -302,7 +302,13 @@ impl Lookup {
                 Some((_, sibling)) => sibling,
                 None => representation.requested,
             };
-            read_body(representation.opened.file, path, start, body_len, read_limit)?
+            read_body(
+                representation.opened.file,
+                path,
+                start,
+                body_len,
+                read_limit,
+            )?
         };
         let mut response = Response::new(body);
         *response.status_mut() = status;
