@@ -951,6 +951,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn full_cache_makes_room_for_new_files() {
+        // Seventeen 1 MiB files do not fit in 16 MiB together: each new
+        // one evicts the oldest, so the last is still kept.
+        let site = Site::new();
+        let contents = numbered_bytes(1024 * 1024);
+        for index in 0..17 {
+            site.write(&format!("bundle-{index}.js"), &contents);
+        }
+        let server = site.server();
+        for index in 0..17 {
+            let response = get(&server, &format!("/bundle-{index}.js"), &[]).await;
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+        assert_eq!(server.cache.total_bytes(), 16 * 1024 * 1024);
+        let response = get(&server, "/bundle-16.js", &[]).await;
+        assert_eq!(body_of(response).await.as_ref(), contents.as_slice());
+        assert_eq!(cache_hits(&server), 1);
+    }
+
+    #[tokio::test]
+    async fn removed_file_leaves_the_cache() {
+        let site = Site::new();
+        site.write("old-bundle.js", &numbered_bytes(500_000));
+        let server = site.server();
+        get(&server, "/old-bundle.js", &[]).await;
+        assert_eq!(server.cache.total_bytes(), 500_000);
+        fs::remove_file(site.public.join("old-bundle.js")).unwrap();
+        let response = server
+            .serve(
+                "/old-bundle.js",
+                &request(Method::GET, "/old-bundle.js", &[]),
+            )
+            .await;
+        assert!(response.is_none());
+        assert_eq!(server.cache.total_bytes(), 0);
+    }
+
+    #[tokio::test]
     async fn bundle_sized_file_served_from_memory() {
         let site = Site::new();
         let contents = numbered_bytes(900_000);

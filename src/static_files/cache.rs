@@ -34,8 +34,9 @@ pub(super) const FRESH_FOR: Duration = Duration::from_secs(1);
 /// JavaScript and CSS bundles) fit, so they are written from memory in
 /// one go rather than read in chunks on the blocking pool each time.
 pub(super) const MAX_FILE_BYTES: usize = 1024 * 1024;
-/// The bodies kept, all entries together.
-const MAX_TOTAL_BYTES: usize = 32 * 1024 * 1024;
+/// The bodies kept, all entries together. When a new body does not fit,
+/// expired entries go first, then the oldest.
+const MAX_TOTAL_BYTES: usize = 16 * 1024 * 1024;
 
 /// What identifies one version of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +84,14 @@ pub(super) struct FileCache {
     pub(super) hits: std::sync::atomic::AtomicUsize,
 }
 
+#[cfg(test)]
+impl FileCache {
+    /// Returns the bytes of all bodies kept, for tests.
+    pub(super) fn total_bytes(&self) -> usize {
+        self.lock().total_bytes
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     entries: HashMap<String, Entry>,
@@ -103,9 +112,11 @@ impl FileCache {
             return None;
         }
         let (served, fingerprint, headers, bytes) = {
-            let state = self.lock();
+            let mut state = self.lock();
             let entry = state.entries.get(path)?;
             if entry.loaded.elapsed() >= FRESH_FOR {
+                // Never served again; the full lookup makes a new one.
+                state.remove(path);
                 return None;
             }
             (
@@ -115,8 +126,8 @@ impl FileCache {
                 entry.body.clone(),
             )
         };
-        let current = std::fs::metadata(&served).ok()?;
-        if Fingerprint::of(&current) != fingerprint {
+        let current = std::fs::metadata(&served).ok();
+        if current.is_none_or(|current| Fingerprint::of(&current) != fingerprint) {
             self.lock().remove(path);
             return None;
         }
@@ -150,9 +161,7 @@ impl FileCache {
         }
         let mut state = self.lock();
         state.remove(path);
-        if state.total_bytes + body.len() > MAX_TOTAL_BYTES {
-            return;
-        }
+        state.make_room(body.len());
         state.total_bytes += body.len();
         state.entries.insert(
             path.to_owned(),
@@ -171,6 +180,34 @@ impl State {
     fn remove(&mut self, path: &str) {
         if let Some(old) = self.entries.remove(path) {
             self.total_bytes -= old.body.len();
+        }
+    }
+
+    /// Evicts entries until `needed` more bytes fit: first every expired
+    /// one, as none of them is served again, then the oldest.
+    fn make_room(&mut self, needed: usize) {
+        if self.total_bytes + needed <= MAX_TOTAL_BYTES {
+            return;
+        }
+        let mut freed = 0;
+        self.entries.retain(|_, entry| {
+            let fresh = entry.loaded.elapsed() < FRESH_FOR;
+            if !fresh {
+                freed += entry.body.len();
+            }
+            fresh
+        });
+        self.total_bytes -= freed;
+        while self.total_bytes + needed > MAX_TOTAL_BYTES {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, entry)| entry.loaded)
+                .map(|(path, _)| path.clone());
+            match oldest {
+                Some(path) => self.remove(&path),
+                None => break,
+            }
         }
     }
 }
