@@ -9,7 +9,8 @@
 #   memory  navigator RSS idle with 370 tenants, and under 1,000 connections
 #
 # Environment: DURATION (seconds per wrk run, default 10), CONNECTIONS
-# (default 50), THREADS (wrk threads, default 2).
+# (default 50), THREADS (wrk threads, default 2), MAX_CONCURRENCY (memory
+# run only: the tenant's max_concurrency, with room for 2,000 queued).
 set -euo pipefail
 
 what=${1:-all}
@@ -263,6 +264,9 @@ DATABASE_URL = "sqlite3:///data/db/\${database}.sqlite3"
 [applications.pools]
 start_port = $tenant_port
 EOF
+    if [ -n "${MAX_CONCURRENCY:-}" ]; then
+      printf 'max_concurrency = %d\nmax_queue = 2000\n' "$MAX_CONCURRENCY"
+    fi
     for i in $(seq 0 369); do
       printf '[[applications.tenants]]\npath = "/showcase/%d/studio%d/event%d/"\nvar = { database = "db%d" }\n' \
         $((2025 - i / 100)) $((i / 5)) "$i" "$i"
@@ -272,11 +276,12 @@ EOF
   sleep 1
   echo "== memory: 370-tenant config loaded, idle: $(rss_kib "$navigator_pid") KiB RSS"
   curl -fsS "http://127.0.0.1:$navigator_port/showcase/2025/studio0/event0/" >/dev/null
-  wrk -t2 -c1000 -d"${duration}s" "http://127.0.0.1:$navigator_port/showcase/2025/studio0/event0/" >/dev/null &
+  wrk -t2 -c1000 -d"${duration}s" "http://127.0.0.1:$navigator_port/showcase/2025/studio0/event0/" >"$work/wrk-memory.out" &
   local wrk_pid=$!
   sleep $((duration / 2))
   echo "== memory: serving 1,000 keep-alive connections: $(rss_kib "$navigator_pid") KiB RSS"
   wait "$wrk_pid"
+  awk '/^Requests\/sec/ { printf "   (%s req/s", $2 } /Non-2xx/ { printf ", %s non-2xx responses", $NF } END { print ")" }' "$work/wrk-memory.out"
   stop_all
 }
 
