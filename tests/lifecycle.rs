@@ -552,9 +552,9 @@ args = ["-c", "echo $$ > @DIR@/helper.pid; exec sleep 100"]
 command = "sh"
 args = ["-c", "for i in $(seq 1 100); do test -s @DIR@/helper.pid && break; sleep 0.05; done; test -s @DIR@/helper.pid && echo helper was running > @DIR@/seen; exit 7"]
 "#;
-    // The helper is spawned before the hook runs, but its shell may not
-    // have written its pid yet; the hook waits up to 5 s for it. Were the
-    // helper started only after the hooks, the file would never come.
+    // The helper is spawned before the hook runs. Its shell may not have
+    // written its pid yet, so the hook waits up to 5 s for the file. Were
+    // the helper started only after the hooks, the file would never come.
     let path = dir.path().join("navigator.toml");
     write_config(&path, config, dir.path());
     let output = Command::new(NAVIGATOR)
