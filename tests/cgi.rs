@@ -354,5 +354,10 @@ env = { NEXT_CONFIG = "@DIR@/failed.toml", CONFIG = "@DIR@/navigator.toml" }
         "log:\n{}",
         navigator.logs.text()
     );
-    assert!(navigator.logs.count("cause=cgi:/cgi/update") >= 1);
+    assert!(
+        navigator
+            .logs
+            .wait_for("cause=cgi:/cgi/update", Duration::from_secs(10))
+            .is_some()
+    );
 }

@@ -125,7 +125,14 @@ resume = [{ command = "sh", args = ["-c", "echo resumed >> @DIR@/resume-log; cp 
     }
     let log = std::fs::read_to_string(navigator.path("resume-log")).unwrap();
     assert_eq!(log.lines().count(), 1, "one resume for concurrent requests");
-    assert!(navigator.logs.text().contains("machine resumed"));
+    // The line is in navigator's output before the first response, but
+    // the thread that reads that output may not have taken it in yet.
+    assert!(
+        navigator
+            .logs
+            .wait_for("machine resumed", Duration::from_secs(10))
+            .is_some()
+    );
 }
 
 #[test]

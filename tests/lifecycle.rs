@@ -380,7 +380,13 @@ fn removed_tenant_stops_and_unchanged_keeps_pid() {
         "removed tenant still runs; log:\n{}",
         navigator.logs.text()
     );
-    assert!(navigator.logs.count("tenant removed from config") == 1);
+    assert!(
+        navigator
+            .logs
+            .wait_for("tenant removed from config", Duration::from_secs(10))
+            .is_some()
+    );
+    assert_eq!(navigator.logs.count("tenant removed from config"), 1);
     assert_eq!(
         navigator.get("/showcase/gone/").status,
         200,
