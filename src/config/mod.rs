@@ -90,18 +90,18 @@ pub fn load_str(
         return Err(ConfigErrors(errors));
     }
 
-    let json = source::to_json(&tree);
-    let config: Config = serde_path_to_error::deserialize(json).map_err(|error| {
-        let key = error.path().to_string();
-        let key = if key == "." { String::new() } else { key };
-        let message = error.inner().to_string();
-        match error::explain_unknown_field(&message) {
-            Some((message, hint)) => {
-                ConfigError::new(file, Some(positions.find(&key)), key, message).with_hint(hint)
+    let config: Config = serde_path_to_error::deserialize(source::NodeDeserializer(&tree))
+        .map_err(|error| {
+            let key = error.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            let message = error.inner().to_string();
+            match error::explain_unknown_field(&message) {
+                Some((message, hint)) => {
+                    ConfigError::new(file, Some(positions.find(&key)), key, message).with_hint(hint)
+                }
+                None => ConfigError::new(file, Some(positions.find(&key)), key, message),
             }
-            None => ConfigError::new(file, Some(positions.find(&key)), key, message),
-        }
-    })?;
+        })?;
 
     Ok(Loaded {
         config,
@@ -175,6 +175,55 @@ mod tests {
 
     fn load_yaml(text: &str) -> Result<Loaded, ConfigErrors> {
         load_str(text, Format::Yaml, Path::new("test.yml"), &no_env)
+    }
+
+    /// Reads the typed config (or the error's key path and message) from
+    /// the tree both directly and through JSON.
+    fn both_ways(text: &str, format: Format) -> (String, String) {
+        let tree = source::parse(text, format).unwrap();
+        let direct: Result<Config, _> =
+            serde_path_to_error::deserialize(source::NodeDeserializer(&tree));
+        let through_json: Result<Config, _> =
+            serde_path_to_error::deserialize(source::to_json(&tree));
+        let show = |result: Result<Config, (String, String)>| format!("{result:?}");
+        (
+            show(direct.map_err(|e| (e.path().to_string(), e.inner().to_string()))),
+            show(through_json.map_err(|e| (e.path().to_string(), e.inner().to_string()))),
+        )
+    }
+
+    #[test]
+    fn tree_read_directly_as_through_json() {
+        let cases = [
+            (
+                "[server]\nlisten = 3000\nroot_path = \"/showcase\"\ntrust_proxy = true\n\
+                 [applications]\nresponse_timeout = \"90s\"\n\
+                 [applications.env]\nRAILS_MAX_THREADS = 3\nRATIO = 1.5\nDEBUG = false\nNEG = -4\n\
+                 [applications.pools]\nmax_size = 12\nmax_concurrency = 16\n\
+                 [[applications.tenants]]\npath = \"/showcase/2025/boston/\"\nvar = { database = \"db\" }\n\
+                 [logging]\nlevel = \"warn\"\nformat = \"json\"\n",
+                Format::Toml,
+            ),
+            (
+                "server:\n  listen: 3000\n  root_path: ~\napplications:\n  env:\n    A: null\n    B: 'x'\n  tenants:\n  - path: /a/\n    name: ~\n",
+                Format::Yaml,
+            ),
+            ("[server]\nlisten = true\n", Format::Toml),
+            ("[server]\nlisten = 1.5\n", Format::Toml),
+            ("[server]\nlisen = 3000\n", Format::Toml),
+            ("[logging]\nlevel = \"loud\"\n", Format::Toml),
+            ("[logging]\nlevel = 3\n", Format::Toml),
+            ("[applications.pools]\nstart_port = -5\n", Format::Toml),
+            ("[applications.pools]\nstart_port = 70000\n", Format::Toml),
+            ("[applications]\ntenants = \"none\"\n", Format::Toml),
+            ("[[applications.tenants]]\npath = [1, 2]\n", Format::Toml),
+            ("[applications.env]\nA = [1]\n", Format::Toml),
+            ("server: [1, 2]\n", Format::Yaml),
+        ];
+        for (text, format) in cases {
+            let (direct, through_json) = both_ways(text, format);
+            assert_eq!(direct, through_json, "{text}");
+        }
     }
 
     #[test]
