@@ -149,15 +149,12 @@ pub async fn forward(
         reject_unrequested_switch(&response)?;
         let (mut parts, body) = response.into_parts();
         headers::prepare_response(&mut parts.headers, false);
-        let body = match target.response_timeout {
-            Some(limit) => timeout::limit_response_gaps(
-                body,
-                limit,
-                timeout::UpstreamName::Address(address),
-                target.request_id.clone(),
-            ),
-            None => body.boxed(),
-        };
+        let body = limit_gaps(
+            body,
+            target.response_timeout,
+            timeout::UpstreamName::Address(address),
+            target.request_id,
+        );
         return Ok(Response::from_parts(parts, body));
     }
 
@@ -211,17 +208,13 @@ pub async fn forward(
     let body = GuardedBody {
         inner: body,
         _guard: target.guard,
-    }
-    .boxed();
-    let body = match target.response_timeout {
-        Some(limit) => timeout::limit_response_gaps(
-            body,
-            limit,
-            timeout::UpstreamName::Authority(upstream),
-            target.request_id.clone(),
-        ),
-        None => body,
     };
+    let body = limit_gaps(
+        body,
+        target.response_timeout,
+        timeout::UpstreamName::Authority(upstream),
+        target.request_id,
+    );
     Ok(Response::from_parts(parts, body))
 }
 
@@ -261,6 +254,23 @@ async fn await_head<F: Future>(
             .await
             .map_err(ProxyError::Timeout),
         None => Ok(pending.await),
+    }
+}
+
+/// Boxes a response body, ending it when the upstream stays silent for
+/// longer than `limit` between chunks, when a response timeout is set.
+fn limit_gaps<B>(
+    body: B,
+    limit: Option<Duration>,
+    upstream: timeout::UpstreamName,
+    request_id: &HeaderValue,
+) -> Body
+where
+    B: HttpBody<Data = Bytes, Error = BoxError> + Send + Sync + Unpin + 'static,
+{
+    match limit {
+        Some(limit) => timeout::limit_response_gaps(body, limit, upstream, request_id.clone()),
+        None => body.boxed(),
     }
 }
 

@@ -147,10 +147,10 @@ impl std::fmt::Display for UpstreamName {
 /// chunks ends it with an error, which makes hyper abort the response to
 /// the client. `upstream` and `request_id` name the request in the log.
 ///
-/// The gap is counted from the first poll that finds no chunk ready, so
-/// time spent writing a chunk to a slow client is not charged to the
-/// upstream. The timer is made on that first empty poll: a small body
-/// that is ready whenever it is polled never needs one.
+/// It counts a gap from the first poll that finds no chunk ready, so time
+/// spent writing a chunk to a slow client is not charged to the upstream.
+/// It makes the timer on that first empty poll, so a small body that is
+/// ready whenever it is polled never needs one.
 pub fn limit_response_gaps<B>(
     body: B,
     limit: Duration,
@@ -201,17 +201,19 @@ where
             this.armed = false;
             return Poll::Ready(frame);
         }
-        let deadline = Instant::now() + this.limit;
-        let timer = match (&mut this.timer, this.armed) {
-            (Some(timer), true) => timer,
-            (Some(timer), false) => {
-                timer.as_mut().reset(deadline);
-                timer
+        if !this.armed {
+            let deadline = Instant::now() + this.limit;
+            match &mut this.timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
             }
-            (timer @ None, _) => timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
-        };
-        this.armed = true;
-        if timer.as_mut().poll(cx).is_pending() {
+            this.armed = true;
+        }
+        let expired = this
+            .timer
+            .as_mut()
+            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+        if !expired {
             return Poll::Pending;
         }
         this.timed_out = true;
