@@ -356,7 +356,7 @@ fn unprivileged_navigator_runs_tenants_unchanged() {
         assert_eq!(body["uid"], uid);
         assert_eq!(body["gid"], gid);
     }
-    // Logged before the first tenant starts; the thread that reads
+    // Logged before the first tenant starts, but the thread that reads
     // navigator's output may still be behind.
     for line in [
         "navigator is not running as root",

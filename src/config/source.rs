@@ -695,7 +695,7 @@ impl<'de> serde::de::MapAccess<'de> for MapAccess<'_> {
         match self.value.take() {
             Some(node) => seed.deserialize(NodeDeserializer(node)),
             None => Err(serde::de::Error::custom(
-                "a map value was asked for before its key",
+                "a map value was requested before its key",
             )),
         }
     }

@@ -30,9 +30,9 @@ use crate::body::{self, Body};
 
 /// How long an entry is served on its `stat` check alone.
 pub(super) const FRESH_FOR: Duration = Duration::from_secs(1);
-/// Files larger than this are not kept. Showcase's largest assets (the
-/// JavaScript and CSS bundles) fit, so they are written from memory in
-/// one go rather than read in chunks on the blocking pool each time.
+/// Files larger than this are not kept. The limit is meant to admit an
+/// app's JavaScript and CSS bundles (an estimate of their size), so they
+/// are written from memory rather than read in chunks each time.
 pub(super) const MAX_FILE_BYTES: usize = 1024 * 1024;
 /// The bodies kept, all entries together. When a new body does not fit,
 /// expired entries go first, then the oldest.
@@ -115,7 +115,8 @@ impl FileCache {
             let mut state = self.lock();
             let entry = state.entries.get(path)?;
             if entry.loaded.elapsed() >= FRESH_FOR {
-                // Never served again; the full lookup makes a new one.
+                // An expired entry is never served again, so it goes now.
+                // The full lookup makes a new one.
                 state.remove(path);
                 return None;
             }
