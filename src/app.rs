@@ -73,6 +73,7 @@ impl App {
     pub fn install(&self, snapshot: Arc<Snapshot>) {
         self.supervisor.apply(&snapshot);
         self.snapshot.store(snapshot);
+        self.fly.idle.settings_changed();
     }
 
     /// Counts an applied reload.

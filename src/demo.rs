@@ -401,11 +401,23 @@ async fn swallow(mut stream: TcpStream) {
     while matches!(stream.read(&mut buffer).await, Ok(read) if read > 0) {}
 }
 
+/// The address of the client on the connection that carried a request:
+/// navigator's end of an upstream connection, so a report shows which
+/// requests shared a connection.
+#[derive(Clone, Copy)]
+struct Peer(std::net::SocketAddr);
+
 async fn serve_connection(stream: TcpStream, demo: Arc<Demo>, crashed: mpsc::Sender<()>) {
     let crash_requested = Arc::new(AtomicBool::new(false));
+    let peer = stream.peer_addr().ok().map(Peer);
     let service = {
         let crash_requested = Arc::clone(&crash_requested);
-        service_fn(move |request| handle(request, Arc::clone(&demo), Arc::clone(&crash_requested)))
+        service_fn(move |mut request: Request<Incoming>| {
+            if let Some(peer) = peer {
+                request.extensions_mut().insert(peer);
+            }
+            handle(request, Arc::clone(&demo), Arc::clone(&crash_requested))
+        })
     };
     let connection = http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
@@ -878,6 +890,7 @@ fn json_report(
         "headers": headers,
         "visits": visits,
         "body_length": body_length,
+        "peer": parts.extensions.get::<Peer>().map(|peer| peer.0.to_string()),
     })
 }
 

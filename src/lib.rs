@@ -34,3 +34,4 @@ pub mod static_files;
 pub mod status;
 pub mod supervisor;
 pub mod tls;
+pub mod workers;

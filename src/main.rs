@@ -198,6 +198,28 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: PathBuf) -> i32 {
+    // tokio reads this variable and panics on a value that is not a
+    // positive number; refuse it with a message instead.
+    if let Some(value) = std::env::var_os("TOKIO_WORKER_THREADS") {
+        let valid = value
+            .to_str()
+            .and_then(|text| text.parse::<usize>().ok())
+            .is_some_and(|count| count > 0);
+        if !valid {
+            eprintln!("TOKIO_WORKER_THREADS={value:?} is not a positive number of threads");
+            return 1;
+        }
+    }
+    let started = navigator::workers::configured_count()
+        .map_err(|message| message.to_string())
+        .and_then(|count| {
+            navigator::workers::start(count)
+                .map_err(|error| format!("cannot start the connection workers: {error}"))
+        });
+    if let Err(message) = started {
+        eprintln!("{message}");
+        return 1;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

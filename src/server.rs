@@ -21,6 +21,7 @@ use crate::config::units::Listen;
 use crate::connection;
 use crate::pipeline::{self, Connection};
 use crate::tls;
+use crate::workers;
 
 /// Binds `listen`. A port without a host binds every IPv6 and IPv4
 /// address; where IPv6 is unavailable, IPv4 alone.
@@ -178,7 +179,7 @@ pub async fn serve(
         let tls = tls
             .as_ref()
             .map(|config| TlsAcceptor::from(config.load_full()));
-        tokio::spawn(async move {
+        workers::spawn_connection(stream, move |stream| async move {
             // A client that never sends a byte would otherwise hold its
             // connection slot: the protocol detection has no deadline.
             if !connection::first_byte(&stream, header_read_timeout).await {
@@ -191,7 +192,10 @@ pub async fn serve(
                     let handshake =
                         tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await;
                     match handshake {
-                        Ok(Ok(stream)) => accepted.serve(stream).await,
+                        // Boxed: a TLS session is large, and inline it
+                        // would enlarge the task of every plain
+                        // connection too.
+                        Ok(Ok(stream)) => Box::pin(accepted.serve(stream)).await,
                         Ok(Err(error)) => {
                             debug!(peer = %connection.peer, error = %error, "TLS handshake failed");
                         }
@@ -244,10 +248,14 @@ impl Accepted {
             service_fn(move |request| {
                 let app = app.clone();
                 let in_flight = activity.request_started();
-                async move {
+                // hyper keeps room for one request's future for as long
+                // as the connection is open; boxed, an idle keep-alive
+                // connection holds a pointer instead of the whole
+                // pipeline's state.
+                Box::pin(async move {
                     let response = pipeline::handle(app, connection, request, in_flight).await;
                     Ok::<_, std::convert::Infallible>(response)
-                }
+                })
             })
         };
         let io = TokioIo::new(connection::TrackedIo::new(stream, activity.clone()));

@@ -32,8 +32,12 @@ pub struct MachineIdle {
     /// Milliseconds after `epoch` when a counted request last started or
     /// ended.
     last_activity_ms: AtomicU64,
-    /// Signalled when a request ends and when the machine wakes, so the
-    /// monitor re-checks without polling.
+    /// Signalled when the last request in flight ends, when the machine
+    /// wakes and when a reload installs new settings, so the monitor
+    /// re-checks without polling. A request that ends while others remain
+    /// signals nothing: the monitor waits for the count to reach zero, and
+    /// a monitor asleep until the idle deadline reads the newer activity
+    /// time when it wakes.
     changed: Notify,
     /// Set when the idle hooks start; cleared once the resume hooks ran.
     asleep: AtomicBool,
@@ -49,8 +53,9 @@ pub struct Activity(Arc<MachineIdle>);
 impl Drop for Activity {
     fn drop(&mut self) {
         self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.changed.notify_one();
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.changed.notify_one();
+        }
     }
 }
 
@@ -72,6 +77,11 @@ impl MachineIdle {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.touch();
         Activity(self.clone())
+    }
+
+    /// Tells the monitor that a reload may have changed `server.idle`.
+    pub fn settings_changed(&self) {
+        self.changed.notify_one();
     }
 
     pub fn in_flight(&self) -> usize {
@@ -139,8 +149,8 @@ pub async fn wake(app: &App) {
 }
 
 /// Watches for idleness for as long as navigator runs. Reads
-/// `server.idle` from the current snapshot on every round, so a reload
-/// that adds, changes or removes it applies after the next request.
+/// `server.idle` from the current snapshot on every round; a reload that
+/// adds, changes or removes it wakes the monitor.
 pub async fn run_monitor(app: Arc<App>) {
     let idle = app.fly.idle.clone();
     // When the last API call failed: when to try it again.

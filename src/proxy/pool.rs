@@ -34,6 +34,7 @@ use tracing::debug;
 
 use super::{Guard, ProxyError, error_chain};
 use crate::body::{Body, BoxError};
+use crate::workers;
 
 /// Idle connections kept per upstream address.
 const MAX_IDLE_PER_ADDRESS: usize = 64;
@@ -76,19 +77,32 @@ struct Idles {
     last_sweep: Option<Instant>,
 }
 
-/// Idle upstream connections by address.
-#[derive(Clone, Default)]
+/// Idle upstream connections by address, one shard per connection
+/// worker: a connection made on a worker is registered with that worker's
+/// I/O driver, so requests on the same worker reuse it.
+#[derive(Clone)]
 pub struct Pool {
-    idle: Arc<Mutex<Idles>>,
+    shards: Arc<[Mutex<Idles>]>,
+}
+
+impl Default for Pool {
+    fn default() -> Pool {
+        Pool::new()
+    }
 }
 
 impl Pool {
     pub fn new() -> Pool {
-        Pool::default()
+        Pool {
+            shards: (0..workers::shard_count())
+                .map(|_| Mutex::default())
+                .collect(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Idles> {
-        self.idle
+        let shard = &self.shards[workers::current_shard() % self.shards.len()];
+        shard
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
