@@ -1,6 +1,11 @@
 //! Keep-alive connections to upstreams at IP addresses (tenant processes
 //! on loopback), driven by the task of the request that uses them.
 //!
+//! A request without a body goes out on a bare connection (see
+//! [`super::bare`]): a socket and a small buffer, with no task and no
+//! buffers of its own while it waits in the pool. A request with a body
+//! goes through hyper's HTTP/1.1 client, which streams it.
+//!
 //! hyper's pooled client gives each upstream connection a task of its own:
 //! every request hands its head to that task through a channel, waits for
 //! the response through another, and (for a response with a body) spawns
@@ -23,6 +28,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::TRANSFER_ENCODING;
 use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -32,12 +38,17 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::{Guard, ProxyError, error_chain};
+use super::{Guard, ProxyError, bare, error_chain};
 use crate::body::{Body, BoxError};
 use crate::workers;
 
-/// Idle connections kept per upstream address.
+/// Idle hyper connections kept per upstream address and worker.
 const MAX_IDLE_PER_ADDRESS: usize = 64;
+/// Idle bare connections kept per upstream address and worker. A parked
+/// bare connection holds no buffer, so keeping many is cheap, and each one
+/// closed too early costs a connect under load (and a socket in
+/// TIME_WAIT).
+const MAX_IDLE_BARE_PER_ADDRESS: usize = 512;
 /// An idle connection older than this is closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often idle connections of every address are checked for age.
@@ -66,41 +77,45 @@ impl Upstream {
     }
 }
 
-struct Idle {
-    upstream: Box<Upstream>,
+struct Idle<C> {
+    connection: C,
     since: Instant,
 }
 
-#[derive(Default)]
-struct Idles {
-    by_address: HashMap<SocketAddr, Vec<Idle>>,
+struct Idles<C> {
+    by_address: HashMap<SocketAddr, Vec<Idle<C>>>,
     last_sweep: Option<Instant>,
 }
 
-/// Idle upstream connections by address, one shard per connection
-/// worker: a connection made on a worker is registered with that worker's
-/// I/O driver, so requests on the same worker reuse it.
-#[derive(Clone)]
-pub struct Pool {
-    shards: Arc<[Mutex<Idles>]>,
-}
-
-impl Default for Pool {
-    fn default() -> Pool {
-        Pool::new()
+impl<C> Default for Idles<C> {
+    fn default() -> Self {
+        Idles {
+            by_address: HashMap::new(),
+            last_sweep: None,
+        }
     }
 }
 
-impl Pool {
-    pub fn new() -> Pool {
-        Pool {
+/// Idle connections of one kind by address, one shard per connection
+/// worker: a connection made on a worker is registered with that worker's
+/// I/O driver, so requests on the same worker reuse it.
+struct Shards<C> {
+    shards: Box<[Mutex<Idles<C>>]>,
+    /// Most idle connections kept per address in one shard.
+    max_idle: usize,
+}
+
+impl<C> Shards<C> {
+    fn new(max_idle: usize) -> Shards<C> {
+        Shards {
             shards: (0..workers::shard_count())
                 .map(|_| Mutex::default())
                 .collect(),
+            max_idle,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Idles> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Idles<C>> {
         let shard = &self.shards[workers::current_shard() % self.shards.len()];
         shard
             .lock()
@@ -109,18 +124,18 @@ impl Pool {
 
     /// Takes the most recently used idle connection to `address` that is
     /// younger than the idle timeout.
-    fn take(&self, address: SocketAddr) -> Option<Box<Upstream>> {
+    fn take(&self, address: SocketAddr) -> Option<C> {
         let mut idles = self.lock();
         let list = idles.by_address.get_mut(&address)?;
         while let Some(idle) = list.pop() {
             if idle.since.elapsed() < IDLE_TIMEOUT {
-                return Some(idle.upstream);
+                return Some(idle.connection);
             }
         }
         None
     }
 
-    fn put(&self, address: SocketAddr, upstream: Box<Upstream>) {
+    fn put(&self, address: SocketAddr, connection: C) {
         let now = Instant::now();
         let mut idles = self.lock();
         let sweep_due = idles
@@ -134,11 +149,105 @@ impl Pool {
             });
         }
         let list = idles.by_address.entry(address).or_default();
-        if list.len() < MAX_IDLE_PER_ADDRESS {
+        if list.len() < self.max_idle {
             list.push(Idle {
-                upstream,
+                connection,
                 since: now,
             });
+        }
+    }
+}
+
+/// Idle upstream connections: bare ones for requests without a body, and
+/// hyper's for requests with one.
+#[derive(Clone)]
+pub struct Pool {
+    shared: Arc<Kinds>,
+}
+
+struct Kinds {
+    hyper: Shards<Box<Upstream>>,
+    bare: Shards<bare::Conn>,
+}
+
+impl Default for Pool {
+    fn default() -> Pool {
+        Pool::new()
+    }
+}
+
+impl Pool {
+    pub fn new() -> Pool {
+        Pool {
+            shared: Arc::new(Kinds {
+                hyper: Shards::new(MAX_IDLE_PER_ADDRESS),
+                bare: Shards::new(MAX_IDLE_BARE_PER_ADDRESS),
+            }),
+        }
+    }
+
+    fn take(&self, address: SocketAddr) -> Option<Box<Upstream>> {
+        self.shared.hyper.take(address)
+    }
+
+    fn put(&self, address: SocketAddr, upstream: Box<Upstream>) {
+        self.shared.hyper.put(address, upstream);
+    }
+
+    /// Takes an idle bare connection to `address` that the upstream has
+    /// not closed meanwhile.
+    fn take_bare(&self, address: SocketAddr) -> Option<bare::Conn> {
+        loop {
+            let mut connection = self.shared.bare.take(address)?;
+            if connection.is_open() {
+                return Some(connection);
+            }
+        }
+    }
+
+    fn put_bare(&self, address: SocketAddr, mut connection: bare::Conn) {
+        connection.park();
+        self.shared.bare.put(address, connection);
+    }
+
+    /// Sends a request without a body on a bare connection. A reused
+    /// connection that turns out closed is replaced by another, as long
+    /// as the request was not sent or may be repeated.
+    async fn send_bare(
+        &self,
+        address: SocketAddr,
+        request: Request<Body>,
+        guard: Guard,
+    ) -> Result<Response<PooledBody>, ProxyError> {
+        let (parts, _) = request.into_parts();
+        let mut head = Vec::with_capacity(512);
+        bare::encode_head(&parts, &mut head);
+        let repeatable = parts.method.is_idempotent();
+        loop {
+            let (connection, reused) = match self.take_bare(address) {
+                Some(connection) => (connection, true),
+                None => (bare::Conn::new(open(address).await?), false),
+            };
+            match connection.exchange(&head, &parts.method).await {
+                Ok((response, mut body)) => {
+                    if let Some(connection) = body.reusable() {
+                        self.put_bare(address, connection);
+                    }
+                    let body = PooledBody {
+                        inner: Inner::Bare(body),
+                        pool: self.clone(),
+                        address,
+                        _guard: guard,
+                    };
+                    return Ok(response.map(|()| body));
+                }
+                Err(bare::ExchangeError::Stale { unsent, .. })
+                    if reused && (unsent || repeatable) =>
+                {
+                    debug!(%address, "an idle upstream connection was closed; retrying on another");
+                }
+                Err(error) => return Err(ProxyError::Upstream(error.to_string())),
+            }
         }
     }
 
@@ -151,6 +260,9 @@ impl Pool {
         mut request: Request<Body>,
         guard: Guard,
     ) -> Result<Response<PooledBody>, ProxyError> {
+        if request.body().is_end_stream() && !request.headers().contains_key(TRANSFER_ENCODING) {
+            return self.send_bare(address, request, guard).await;
+        }
         loop {
             let (mut upstream, reused) = match self.take(address) {
                 Some(upstream) => (upstream, true),
@@ -190,8 +302,10 @@ impl Pool {
                     let (parts, body) = response.into_parts();
                     let keep = (!connection_ended).then_some(upstream);
                     let body = PooledBody {
-                        inner: body,
-                        upstream: keep,
+                        inner: Inner::Hyper {
+                            body,
+                            upstream: keep,
+                        },
                         pool: self.clone(),
                         address,
                         _guard: guard,
@@ -216,7 +330,8 @@ impl Pool {
     }
 }
 
-async fn connect(address: SocketAddr) -> Result<Box<Upstream>, ProxyError> {
+/// Opens a TCP connection to `address`, within the connect timeout.
+async fn open(address: SocketAddr) -> Result<TcpStream, ProxyError> {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => return Err(ProxyError::Connect(format!("{address}: {error}"))),
@@ -228,6 +343,11 @@ async fn connect(address: SocketAddr) -> Result<Box<Upstream>, ProxyError> {
         }
     };
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+async fn connect(address: SocketAddr) -> Result<Box<Upstream>, ProxyError> {
+    let stream = open(address).await?;
     let (sender, connection) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|error| ProxyError::Upstream(error_chain(&error)))?;
@@ -240,11 +360,18 @@ async fn connect(address: SocketAddr) -> Result<Box<Upstream>, ProxyError> {
 /// while the body streams, and returns it to the pool once the body has
 /// ended and the connection can take the next request.
 pub struct PooledBody {
-    inner: Incoming,
-    upstream: Option<Box<Upstream>>,
+    inner: Inner,
     pool: Pool,
     address: SocketAddr,
     _guard: Guard,
+}
+
+enum Inner {
+    Hyper {
+        body: Incoming,
+        upstream: Option<Box<Upstream>>,
+    },
+    Bare(bare::ResponseBody),
 }
 
 impl PooledBody {
@@ -252,7 +379,7 @@ impl PooledBody {
         // A response without a body (to HEAD, a 204 or 304) may never be
         // polled; its connection is free now. No task waits on an idle
         // connection, so a waker that does nothing serves.
-        if self.inner.is_end_stream() {
+        if self.is_end_stream() {
             self.release(&mut Context::from_waker(std::task::Waker::noop()));
         }
         self
@@ -262,11 +389,20 @@ impl PooledBody {
     /// request; else closes it (a request body still being written, an
     /// upstream that asked to close).
     fn release(&mut self, cx: &mut Context<'_>) {
-        let Some(mut upstream) = self.upstream.take() else {
-            return;
-        };
-        if !upstream.drive(cx) && upstream.sender.is_ready() {
-            self.pool.put(self.address, upstream);
+        match &mut self.inner {
+            Inner::Hyper { upstream, .. } => {
+                let Some(mut upstream) = upstream.take() else {
+                    return;
+                };
+                if !upstream.drive(cx) && upstream.sender.is_ready() {
+                    self.pool.put(self.address, upstream);
+                }
+            }
+            Inner::Bare(body) => {
+                if let Some(connection) = body.reusable() {
+                    self.pool.put_bare(self.address, connection);
+                }
+            }
         }
     }
 }
@@ -280,18 +416,28 @@ impl HttpBody for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if polled.is_pending() {
-            if let Some(upstream) = this.upstream.as_mut() {
-                if upstream.drive(cx) {
-                    this.upstream = None;
+        let (body, upstream) = match &mut this.inner {
+            Inner::Bare(body) => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                if polled.is_ready() {
+                    this.release(cx);
                 }
-                polled = Pin::new(&mut this.inner).poll_frame(cx);
+                return polled;
+            }
+            Inner::Hyper { body, upstream } => (body, upstream),
+        };
+        let mut polled = Pin::new(&mut *body).poll_frame(cx);
+        if polled.is_pending() {
+            if let Some(connection) = upstream.as_mut() {
+                if connection.drive(cx) {
+                    *upstream = None;
+                }
+                polled = Pin::new(&mut *body).poll_frame(cx);
             }
         }
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if this.inner.is_end_stream() {
+                if body.is_end_stream() {
                     this.release(cx);
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -301,7 +447,7 @@ impl HttpBody for PooledBody {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(error))) => {
-                this.upstream = None;
+                *upstream = None;
                 Poll::Ready(Some(Err(Box::new(error) as BoxError)))
             }
             Poll::Pending => Poll::Pending,
@@ -309,10 +455,16 @@ impl HttpBody for PooledBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Hyper { body, .. } => body.is_end_stream(),
+            Inner::Bare(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Hyper { body, .. } => body.size_hint(),
+            Inner::Bare(body) => body.size_hint(),
+        }
     }
 }
