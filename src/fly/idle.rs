@@ -32,13 +32,17 @@ pub struct MachineIdle {
     /// Milliseconds after `epoch` when a counted request last started or
     /// ended.
     last_activity_ms: AtomicU64,
-    /// Signalled when the last request in flight ends, when the machine
-    /// wakes and when a reload installs new settings, so the monitor
-    /// re-checks without polling. A request that ends while others remain
-    /// signals nothing: the monitor waits for the count to reach zero, and
-    /// a monitor asleep until the idle deadline reads the newer activity
-    /// time when it wakes.
+    /// Signalled when the last request in flight ends while the monitor
+    /// waits for that, when the machine wakes and when a reload installs
+    /// new settings, so the monitor re-checks without polling. Other ends
+    /// of requests signal nothing: a monitor asleep until the idle
+    /// deadline reads the newer activity time when it wakes, and one
+    /// without idle settings has nothing to check. On a busy server a
+    /// signal per request would wake another thread per request.
     changed: Notify,
+    /// Set by the monitor while it waits for the requests in flight to
+    /// end; the request that ends last clears it and signals.
+    awaiting_last: AtomicBool,
     /// Set when the idle hooks start; cleared once the resume hooks ran.
     asleep: AtomicBool,
     /// Held while idle hooks, the API call or resume hooks run, so a
@@ -53,7 +57,9 @@ pub struct Activity(Arc<MachineIdle>);
 impl Drop for Activity {
     fn drop(&mut self) {
         self.0.touch();
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.0.awaiting_last.swap(false, Ordering::SeqCst)
+        {
             self.0.changed.notify_one();
         }
     }
@@ -66,6 +72,7 @@ impl MachineIdle {
             epoch: Instant::now(),
             last_activity_ms: AtomicU64::new(0),
             changed: Notify::new(),
+            awaiting_last: AtomicBool::new(false),
             asleep: AtomicBool::new(false),
             transition: Mutex::new(()),
             outside_fly_logged: AtomicBool::new(false),
@@ -170,7 +177,12 @@ pub async fn run_monitor(app: Arc<App>) {
         let timeout = settings.timeout.get();
 
         if idle.in_flight() > 0 {
-            idle.changed.notified().await;
+            // Flag first, then look again: a request that ends in between
+            // either is seen here or sees the flag and signals.
+            idle.awaiting_last.store(true, Ordering::SeqCst);
+            if idle.in_flight.load(Ordering::SeqCst) > 0 {
+                idle.changed.notified().await;
+            }
             continue;
         }
         let due = if idle.is_asleep() {
