@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -76,9 +76,11 @@ struct Entry {
     loaded: Instant,
 }
 
+/// The entries sit behind a reader-writer lock: every connection worker
+/// reads at once, and only a full lookup or a stale entry writes.
 #[derive(Debug, Default)]
 pub(super) struct FileCache {
-    state: Mutex<State>,
+    state: RwLock<State>,
     /// Requests answered from memory, for tests.
     #[cfg(test)]
     pub(super) hits: std::sync::atomic::AtomicUsize,
@@ -88,21 +90,40 @@ pub(super) struct FileCache {
 impl FileCache {
     /// Returns the bytes of all bodies kept, for tests.
     pub(super) fn total_bytes(&self) -> usize {
-        self.lock().total_bytes
+        self.read().total_bytes
     }
 }
 
 #[derive(Debug, Default)]
 struct State {
-    entries: HashMap<String, Entry>,
+    entries: HashMap<String, Arc<Entry>>,
     total_bytes: usize,
 }
 
 impl FileCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.state
-            .lock()
+            .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Drops `entry` for `path`, unless another request replaced it
+    /// meanwhile.
+    fn forget(&self, path: &str, entry: &Arc<Entry>) {
+        let mut state = self.write();
+        if state
+            .entries
+            .get(path)
+            .is_some_and(|current| Arc::ptr_eq(current, entry))
+        {
+            state.remove(path);
+        }
     }
 
     /// Answers a plain GET or HEAD for `path` from memory when the entry
@@ -111,25 +132,16 @@ impl FileCache {
         if !is_plain(request) {
             return None;
         }
-        let (served, fingerprint, headers, bytes) = {
-            let mut state = self.lock();
-            let entry = state.entries.get(path)?;
-            if entry.loaded.elapsed() >= FRESH_FOR {
-                // An expired entry is never served again, so it goes now.
-                // The full lookup makes a new one.
-                state.remove(path);
-                return None;
-            }
-            (
-                entry.served.clone(),
-                entry.fingerprint,
-                entry.headers.clone(),
-                entry.body.clone(),
-            )
-        };
-        let current = std::fs::metadata(&served).ok();
-        if current.is_none_or(|current| Fingerprint::of(&current) != fingerprint) {
-            self.lock().remove(path);
+        let entry = self.read().entries.get(path)?.clone();
+        if entry.loaded.elapsed() >= FRESH_FOR {
+            // An expired entry is never served again, so it goes now. The
+            // full lookup makes a new one.
+            self.forget(path, &entry);
+            return None;
+        }
+        let current = std::fs::metadata(&entry.served).ok();
+        if current.is_none_or(|current| Fingerprint::of(&current) != entry.fingerprint) {
+            self.forget(path, &entry);
             return None;
         }
         #[cfg(test)]
@@ -137,9 +149,9 @@ impl FileCache {
         let mut response = Response::new(if head {
             body::empty()
         } else {
-            body::full(bytes)
+            body::full(entry.body.clone())
         });
-        *response.headers_mut() = headers;
+        *response.headers_mut() = entry.headers.clone();
         Some(response)
     }
 
@@ -160,20 +172,18 @@ impl FileCache {
         {
             return;
         }
-        let mut state = self.lock();
+        let entry = Arc::new(Entry {
+            served: served.path,
+            fingerprint: served.fingerprint,
+            headers: headers.clone(),
+            body: body.clone(),
+            loaded: Instant::now(),
+        });
+        let mut state = self.write();
         state.remove(path);
         state.make_room(body.len());
         state.total_bytes += body.len();
-        state.entries.insert(
-            path.to_owned(),
-            Entry {
-                served: served.path,
-                fingerprint: served.fingerprint,
-                headers: headers.clone(),
-                body: body.clone(),
-                loaded: Instant::now(),
-            },
-        );
+        state.entries.insert(path.to_owned(), entry);
     }
 }
 
