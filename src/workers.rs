@@ -5,7 +5,7 @@
 //! socket it drives and the timers it arms may sit on different threads,
 //! so a request costs cross-thread wake-ups and atomic reference counts.
 //! Here the listener's runtime accepts and hands each connection to the
-//! next worker in turn; everything the connection does afterwards (its
+//! next worker in turn. Everything the connection does afterwards (its
 //! requests, their upstream connections, their timers) stays on that
 //! worker's thread. The upstream pool keeps one shard per worker for the
 //! same reason.
@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// Names the worker count; `0` serves connections on the main runtime.
 pub const WORKERS_VARIABLE: &str = "NAVIGATOR_WORKERS";
@@ -37,8 +37,8 @@ thread_local! {
     static INDEX: Cell<usize> = const { Cell::new(0) };
 }
 
-/// The worker count from [`WORKERS_VARIABLE`], else one per core the
-/// process may use.
+/// Reads the worker count from [`WORKERS_VARIABLE`]; without it, returns
+/// one per core the process may use.
 pub fn configured_count() -> Result<usize, String> {
     match std::env::var(WORKERS_VARIABLE) {
         Ok(value) if !value.trim().is_empty() => value
@@ -88,7 +88,7 @@ pub fn shard_count() -> usize {
     WORKERS.get().map_or(0, |workers| workers.handles.len()) + 1
 }
 
-/// The shard of the calling thread: its worker's index, or 0.
+/// Returns the shard of the calling thread: its worker's index, or 0.
 pub fn current_shard() -> usize {
     INDEX.get()
 }
@@ -108,7 +108,7 @@ where
     let stream = match stream.into_std() {
         Ok(stream) => stream,
         Err(error) => {
-            debug!(error = %error, "cannot hand a connection to a worker; dropping it");
+            warn!(error = %error, "failed to hand a connection to a worker; closing it");
             return;
         }
     };
@@ -117,7 +117,7 @@ where
         match TcpStream::from_std(stream) {
             Ok(stream) => serve(stream).await,
             Err(error) => {
-                debug!(error = %error, "a worker cannot register a connection; dropping it");
+                warn!(error = %error, "failed to register a connection with a worker; closing it");
             }
         }
     });

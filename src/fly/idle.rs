@@ -177,8 +177,9 @@ pub async fn run_monitor(app: Arc<App>) {
         let timeout = settings.timeout.get();
 
         if idle.in_flight() > 0 {
-            // Flag first, then look again: a request that ends in between
-            // either is seen here or sees the flag and signals.
+            // Set the flag first, then check again: a request that ends in
+            // between is either counted here or finds the flag set and
+            // signals.
             idle.awaiting_last.store(true, Ordering::SeqCst);
             if idle.in_flight.load(Ordering::SeqCst) > 0 {
                 idle.changed.notified().await;

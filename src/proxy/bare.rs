@@ -29,20 +29,21 @@ use tokio::net::TcpStream;
 
 use crate::body::BoxError;
 
-/// Most header fields accepted in one response head.
+/// Maximum number of header fields in one response head.
 const MAX_HEADERS: usize = 128;
-/// Largest response head accepted, in bytes.
+/// Maximum size of a response head, in bytes.
 const MAX_HEAD_BYTES: usize = 256 * 1024;
 /// Room reserved for each read while a head or a small body comes in.
 const READ_RESERVE: usize = 4096;
 /// Room reserved for each read of a body longer than [`READ_RESERVE`].
 const BODY_READ_RESERVE: usize = 16 * 1024;
-/// Body data up to this size is copied out of the read buffer, which then
-/// serves the next response; larger data is handed over without a copy.
+/// Body data up to this size is copied out of the read buffer, so the
+/// buffer serves the next response. Larger data is handed over without a
+/// copy.
 const COPY_LIMIT: usize = 4096;
-/// Longest chunk-size line or trailer line accepted.
+/// Maximum length of a chunk-size line or a trailer line.
 const MAX_LINE_BYTES: usize = 4096;
-/// Most trailer bytes accepted after the last chunk.
+/// Maximum size of the trailers after the last chunk.
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
 
 /// One upstream connection: the socket and what was read from it but not
@@ -52,7 +53,7 @@ pub struct Conn {
     buf: BytesMut,
 }
 
-/// Why an exchange failed.
+/// The failure of an exchange.
 #[derive(Debug)]
 pub enum ExchangeError {
     /// Nothing came back: the write failed (`unsent`), or the upstream
@@ -60,7 +61,7 @@ pub enum ExchangeError {
     /// response. On a reused connection this is usually an upstream that
     /// closed it while it sat idle, and another connection may succeed.
     Stale { unsent: bool, detail: String },
-    /// The upstream answered, but not with a usable response.
+    /// The upstream responded, but the response is invalid.
     Failed(String),
 }
 
@@ -219,7 +220,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, String> {
     }))
 }
 
-/// How the body of a response is delimited.
+/// The framing of a response body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
     Empty,
@@ -265,7 +266,8 @@ fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<F
     Ok(length.map_or(Framing::UntilClose, Framing::Length))
 }
 
-/// Whether the connection may carry another request after this response.
+/// Returns whether the connection may carry another request after this
+/// response.
 fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
     let mut close = false;
     let mut keep_alive = false;
@@ -524,13 +526,13 @@ impl HttpBody for ResponseBody {
     }
 }
 
-/// What one step of chunked decoding produced.
+/// The result of one step of chunked decoding.
 enum Step {
     /// Body data, and the state after it.
     Data(Bytes, State),
     /// No data; go on in this state.
     Next(State),
-    /// The buffer holds too little; read with this much room.
+    /// The buffer contains too little, so read with this much room.
     NeedMore(usize),
     Invalid(String),
 }
@@ -638,9 +640,9 @@ mod tests {
     /// connection.
     const CLOSE: &[u8] = b"\0close";
 
-    /// A loopback upstream that answers each request head it reads with
-    /// the next scripted reply, in whatever pieces the reply is split
-    /// into. An empty reply closes the connection without an answer.
+    /// A loopback upstream that responds to each request head it reads
+    /// with the next scripted reply, in the pieces the reply is split
+    /// into. An empty reply closes the connection without a response.
     pub(crate) async fn scripted(replies: Vec<Vec<&'static [u8]>>) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -721,7 +723,7 @@ mod tests {
     }
 
     #[test]
-    fn head_carries_method_target_headers_and_zero_length_for_post() {
+    fn encoded_head_post_zero_length() {
         let head = String::from_utf8(get(Method::GET)).unwrap();
         assert_eq!(
             head,
@@ -732,7 +734,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn body_with_its_head_frees_the_connection_at_once() {
+    async fn buffered_body_frees_connection() {
         let address = scripted(vec![vec![
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Many: 1\r\nX-Many: 2\r\n\r\nhello",
         ]])
@@ -779,7 +781,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn body_until_close_is_read_whole_and_never_reused() {
+    async fn close_delimited_body_not_reused() {
         let address = scripted(vec![vec![
             b"HTTP/1.1 200 OK\r\n\r\nno length",
             b" given",
