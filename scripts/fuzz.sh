@@ -17,7 +17,7 @@ root=$(pwd)
 
 seconds=${FUZZ_SECONDS:-60}
 jobs=${FUZZ_JOBS:-1}
-all_targets=(config_toml config_yaml htpasswd canonical_path units cgi_head fly_replay cable_message)
+all_targets=(config_toml config_yaml htpasswd canonical_path units cgi_head fly_replay cable_message upstream_response)
 if [ "$#" -gt 0 ]; then
   targets=("$@")
 else
@@ -175,6 +175,16 @@ seed_cgi() {
     $'no colon here\n\n' $'Status: 999\n\n'
 }
 
+seed_upstream() {
+  # The first byte picks the method (even: GET, odd: HEAD).
+  seed_lines upstream_response $'GHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok' \
+    $'GHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;x=y\r\nok\r\n0\r\nT: 1\r\n\r\n' \
+    $'GHTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n' \
+    $'HHTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n' \
+    $'GHTTP/1.1 304 Not Modified\r\nETag: "a"\r\n\r\n' \
+    $'GHTTP/1.1 200 OK\r\n\r\nuntil close'
+}
+
 seed_replay() {
   # The input is decoded by `arbitrary`, so any bytes are a valid seed.
   head -c 256 /dev/urandom | seed fly_replay random-0
@@ -194,6 +204,7 @@ seed_htpasswd
 seed_paths
 seed_units
 seed_cgi
+seed_upstream
 seed_replay
 seed_cable
 

@@ -38,15 +38,26 @@ thread_local! {
 }
 
 /// Reads the worker count from [`WORKERS_VARIABLE`]; without it, returns
-/// one per core the process may use.
+/// one per core the process may use. More than four per core gains
+/// nothing and costs descriptors and memory, so a larger count is
+/// rejected.
 pub fn configured_count() -> Result<usize, String> {
-    match std::env::var(WORKERS_VARIABLE) {
-        Ok(value) if !value.trim().is_empty() => value
-            .trim()
-            .parse()
-            .map_err(|_| format!("{WORKERS_VARIABLE}={value:?} is not a number of worker threads")),
-        _ => Ok(std::thread::available_parallelism().map_or(1, |count| count.get())),
+    let cores = std::thread::available_parallelism().map_or(1, |count| count.get());
+    let value = match std::env::var(WORKERS_VARIABLE) {
+        Ok(value) if !value.trim().is_empty() => value,
+        _ => return Ok(cores),
+    };
+    let count: usize = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{WORKERS_VARIABLE}={value:?} is not a number of worker threads"))?;
+    let most = cores * 4;
+    if count > most {
+        return Err(format!(
+            "{WORKERS_VARIABLE}={value:?} is more than four workers for each of the {cores} cores; use at most {most}"
+        ));
     }
+    Ok(count)
 }
 
 /// Starts `count` worker threads, each running a single-threaded runtime

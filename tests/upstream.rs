@@ -87,6 +87,7 @@ fn malformed_thread_counts_refused() {
     for (variable, value) in [
         ("NAVIGATOR_WORKERS", "many"),
         ("NAVIGATOR_WORKERS", "-1"),
+        ("NAVIGATOR_WORKERS", "100000"),
         ("TOKIO_WORKER_THREADS", ""),
         ("TOKIO_WORKER_THREADS", "0"),
     ] {

@@ -285,17 +285,30 @@ fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
     }
 }
 
-fn finish_head(
-    conn: Conn,
-    head: Head,
-    method: &Method,
-) -> Result<(Response<()>, ResponseBody), ExchangeError> {
-    let framing = framing(method, head.status, &head.headers).map_err(ExchangeError::Failed)?;
+/// Decides how the body of the response to a `method` request is framed
+/// and whether the connection may carry another request afterwards. A
+/// Content-Length next to Transfer-Encoding is removed: the coding frames
+/// the body, and the length would announce a wrong size to the client
+/// (RFC 9112, section 6.3).
+fn frame(method: &Method, head: &mut Head) -> Result<(Framing, bool), String> {
+    let framing = framing(method, head.status, &head.headers)?;
+    let both = head.headers.contains_key(TRANSFER_ENCODING)
+        && head.headers.remove(CONTENT_LENGTH).is_some();
+    // Both headers: a message another intermediary may have read with
+    // the other framing, so the connection is not trusted further.
     let reusable = keeps_alive(head.version, &head.headers)
         && framing != Framing::UntilClose
         && head.status != StatusCode::SWITCHING_PROTOCOLS
-        // Both headers: a message an intermediary may have misread.
-        && !(head.headers.contains_key(TRANSFER_ENCODING) && head.headers.contains_key(CONTENT_LENGTH));
+        && !both;
+    Ok((framing, reusable))
+}
+
+fn finish_head(
+    conn: Conn,
+    mut head: Head,
+    method: &Method,
+) -> Result<(Response<()>, ResponseBody), ExchangeError> {
+    let (framing, reusable) = frame(method, &mut head).map_err(ExchangeError::Failed)?;
     let mut response = Response::new(());
     *response.status_mut() = head.status;
     *response.version_mut() = head.version;
@@ -420,12 +433,17 @@ fn take_data(buf: &mut BytesMut, length: usize) -> Bytes {
     }
 }
 
-/// Finds the end of the line at the start of `buf`: the index of `\n`
-/// in a `\r\n`.
-fn line_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(2)
-        .position(|pair| pair == b"\r\n")
-        .map(|cr| cr + 1)
+/// Finds the line at the start of `buf`, ended by CRLF or a bare LF (as
+/// hyper accepts). Returns the length of its content and the number of
+/// bytes it takes with its ending.
+fn next_line(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.iter().position(|&byte| byte == b'\n')?;
+    let content = if lf > 0 && buf[lf - 1] == b'\r' {
+        lf - 1
+    } else {
+        lf
+    };
+    Some((content, lf + 1))
 }
 
 fn chunk_size(line: &[u8]) -> Option<u64> {
@@ -434,10 +452,15 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
         .next()
         .unwrap_or_default()
         .trim_ascii();
-    if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
-    let text = std::str::from_utf8(digits).ok()?;
+    // Leading zeros are allowed; the rest must fit in 64 bits.
+    let significant = match digits.iter().position(|&digit| digit != b'0') {
+        Some(first) => &digits[first..],
+        None => return Some(0),
+    };
+    let text = std::str::from_utf8(significant).ok()?;
     u64::from_str_radix(text, 16).ok()
 }
 
@@ -540,16 +563,16 @@ enum Step {
 fn step_chunked(chunk: Chunk, buf: &mut BytesMut) -> Step {
     match chunk {
         Chunk::Size => {
-            let Some(end) = line_end(buf) else {
+            let Some((content, taken)) = next_line(buf) else {
                 if buf.len() > MAX_LINE_BYTES {
                     return Step::Invalid("chunk-size line too long".to_string());
                 }
                 return Step::NeedMore(READ_RESERVE);
             };
-            let Some(size) = chunk_size(&buf[..end - 1]) else {
+            let Some(size) = chunk_size(&buf[..content]) else {
                 return Step::Invalid("invalid chunk size in the response body".to_string());
             };
-            buf.advance(end + 1);
+            buf.advance(taken);
             Step::Next(State::Chunked(if size == 0 {
                 Chunk::Trailers(0)
             } else {
@@ -569,33 +592,95 @@ fn step_chunked(chunk: Chunk, buf: &mut BytesMut) -> Step {
             Step::Data(data, State::Chunked(next))
         }
         Chunk::DataEnd => {
-            if buf.len() < 2 {
-                return Step::NeedMore(READ_RESERVE);
-            }
-            if &buf[..2] != b"\r\n" {
-                return Step::Invalid("chunk data not followed by CRLF".to_string());
-            }
-            buf.advance(2);
+            let ending = match (buf.first(), buf.get(1)) {
+                (None, _) | (Some(b'\r'), None) => return Step::NeedMore(READ_RESERVE),
+                (Some(b'\n'), _) => 1,
+                (Some(b'\r'), Some(b'\n')) => 2,
+                _ => return Step::Invalid("chunk data not followed by a line end".to_string()),
+            };
+            buf.advance(ending);
             Step::Next(State::Chunked(Chunk::Size))
         }
         Chunk::Trailers(seen) => {
-            let Some(end) = line_end(buf) else {
+            let Some((content, taken)) = next_line(buf) else {
                 if buf.len() > MAX_LINE_BYTES {
                     return Step::Invalid("trailer line too long".to_string());
                 }
                 return Step::NeedMore(READ_RESERVE);
             };
-            buf.advance(end + 1);
-            if end == 1 {
+            buf.advance(taken);
+            if content == 0 {
                 return Step::Next(State::Done);
             }
-            let seen = seen + end + 1;
+            let seen = seen + taken;
             if seen > MAX_TRAILER_BYTES {
                 return Step::Invalid("trailers too large".to_string());
             }
             Step::Next(State::Chunked(Chunk::Trailers(seen)))
         }
     }
+}
+
+/// A response decoded from bytes alone: what the fuzz target checks.
+#[derive(Debug)]
+pub struct Decoded {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    /// Whether the connection could carry another request afterwards.
+    pub reusable: bool,
+}
+
+/// Decodes the response to a `method` request in `bytes`, with the same
+/// head parsing, framing and chunked decoding as a connection uses, as
+/// if the upstream closed the connection after the last byte. Returns
+/// `None` when the bytes end inside the head.
+pub fn decode(bytes: &[u8], method: &Method) -> Result<Option<Decoded>, String> {
+    let mut buf = BytesMut::from(bytes);
+    let head = loop {
+        let Some(head) = parse_head(&mut buf)? else {
+            return Ok(None);
+        };
+        if !(head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS) {
+            break head;
+        }
+    };
+    let mut head = head;
+    let (framing, mut reusable) = frame(method, &mut head)?;
+    let mut body = Vec::new();
+    match framing {
+        Framing::Empty => {}
+        Framing::Length(length) => {
+            if (buf.len() as u64) < length {
+                return Err("the upstream closed the connection before the end of the body".into());
+            }
+            body.extend_from_slice(&take_data(&mut buf, length as usize));
+        }
+        Framing::UntilClose => body.extend_from_slice(&buf.split()),
+        Framing::Chunked => {
+            let mut state = State::Chunked(Chunk::Size);
+            while let State::Chunked(chunk) = state {
+                state = match step_chunked(chunk, &mut buf) {
+                    Step::Data(data, next) => {
+                        body.extend_from_slice(&data);
+                        next
+                    }
+                    Step::Next(next) => next,
+                    Step::NeedMore(_) => {
+                        return Err("the upstream closed the connection in a chunked body".into());
+                    }
+                    Step::Invalid(detail) => return Err(detail),
+                };
+            }
+        }
+    }
+    reusable &= buf.is_empty();
+    Ok(Some(Decoded {
+        status: head.status,
+        headers: head.headers,
+        body,
+        reusable,
+    }))
 }
 
 /// Writes the head of `parts` (a request without a body, its URI in
@@ -921,6 +1006,146 @@ mod tests {
                 .is_err_and(|error| error.contains("without a response")),
             "{post:?}"
         );
+    }
+
+    #[test]
+    fn decode_matches_the_connection_path() {
+        let chunked = b"HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 200 OK\r\n\
+            Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        let decoded = decode(chunked, &Method::GET).unwrap().unwrap();
+        assert_eq!(decoded.status, StatusCode::OK);
+        assert_eq!(decoded.body, b"abc");
+        assert!(decoded.reusable);
+
+        let extra = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n";
+        let decoded = decode(extra, &Method::GET).unwrap().unwrap();
+        assert_eq!(decoded.body, b"ok");
+        assert!(!decoded.reusable);
+
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n";
+        let decoded = decode(head, &Method::HEAD).unwrap().unwrap();
+        assert!(decoded.body.is_empty());
+        assert!(decoded.reusable);
+
+        assert!(
+            decode(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort",
+                &Method::GET
+            )
+            .is_err()
+        );
+        assert!(
+            decode(b"HTTP/1.1 200 OK\r\nConte", &Method::GET)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    /// Starts an upstream that responds after a short pause, so that
+    /// concurrent requests open several connections, and counts each
+    /// request for `/drop`, closing the connection without a response.
+    async fn counting_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let dropped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = dropped.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut pending = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head: Vec<u8> = pending.drain(..end + 4).collect();
+                            if head.windows(7).any(|w| w == b" /drop ") {
+                                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                return;
+                            }
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                            if stream.write_all(reply).await.is_err() {
+                                return;
+                            }
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => pending.extend_from_slice(&chunk[..read]),
+                        }
+                    }
+                });
+            }
+        });
+        (address, dropped)
+    }
+
+    /// Sends five concurrent GETs (leaving five idle connections), then
+    /// one `method` request for `/drop`, which the upstream drops. Returns how often
+    /// the upstream received it.
+    async fn times_dropped_request_sent(method: Method) -> usize {
+        let (address, dropped) = counting_upstream().await;
+        let pool = crate::proxy::pool::Pool::new();
+        let request = |method: Method, uri: &str| {
+            http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(crate::body::empty())
+                .unwrap()
+        };
+        let gets = (0..5).map(|_| {
+            let pool = pool.clone();
+            async move {
+                let response = pool
+                    .send(address, request(Method::GET, "/"), Box::new(()))
+                    .await
+                    .unwrap();
+                response.into_body().collect().await.unwrap();
+            }
+        });
+        futures_util::future::join_all(gets).await;
+        let result = pool
+            .send(address, request(method, "/drop"), Box::new(()))
+            .await;
+        assert!(result.is_err());
+        dropped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn dropped_request_repeated_at_most_once() {
+        assert_eq!(times_dropped_request_sent(Method::DELETE).await, 1);
+        assert_eq!(times_dropped_request_sent(Method::GET).await, 2);
+    }
+
+    #[tokio::test]
+    async fn chunked_coding_drops_content_length() {
+        // Kept, the length would announce 100 bytes to the client, which
+        // would get 5 and a closed connection.
+        let address = scripted(vec![vec![
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 100\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ]])
+        .await;
+        let (response, mut body) = exchange_on(address, Method::GET).await.unwrap();
+        assert!(response.headers().get(CONTENT_LENGTH).is_none());
+        assert_eq!(read_all(&mut body).await.unwrap(), b"hello");
+        assert!(body.reusable().is_none());
+    }
+
+    #[test]
+    fn chunk_lines_lenient_like_hyper() {
+        let zeros = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+            00000000000000005\r\nhello\r\n0\r\n\r\n";
+        let decoded = decode(zeros, &Method::GET).unwrap().unwrap();
+        assert_eq!(decoded.body, b"hello");
+
+        let bare_lf =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\nlf\n0\nX-T: 1\n\r\n";
+        let decoded = decode(bare_lf, &Method::GET).unwrap().unwrap();
+        assert_eq!(decoded.body, b"lf");
+        assert!(decoded.reusable);
+
+        let overflow =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n";
+        assert!(decode(overflow, &Method::GET).is_err());
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! Forwarding a request to an upstream (a tenant process on loopback) over
 //! a pooled HTTP/1.1 client, and WebSocket upgrades as raw tunnels.
 
-mod bare;
+pub mod bare;
 pub mod headers;
 pub mod pool;
 pub mod timeout;

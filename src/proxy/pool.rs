@@ -210,9 +210,12 @@ impl Pool {
         self.shared.bare.put(address, connection);
     }
 
-    /// Sends a request without a body on a bare connection. A reused
-    /// connection that turns out closed is replaced by another, as long
-    /// as the request was not sent or may be repeated.
+    /// Sends a request without a body on a bare connection. When a reused
+    /// connection turns out closed, a request that was not written goes
+    /// out on another connection. One that was written and got no
+    /// response is sent once more, on a new connection, only if its
+    /// method is safe (GET, HEAD, OPTIONS, TRACE): the upstream may have
+    /// acted on it, or may drop it again.
     async fn send_bare(
         &self,
         address: SocketAddr,
@@ -222,9 +225,15 @@ impl Pool {
         let (parts, _) = request.into_parts();
         let mut head = Vec::with_capacity(512);
         bare::encode_head(&parts, &mut head);
-        let repeatable = parts.method.is_idempotent();
+        let repeatable = parts.method.is_safe();
+        let mut repeated = false;
         loop {
-            let (connection, reused) = match self.take_bare(address) {
+            let pooled = if repeated {
+                None
+            } else {
+                self.take_bare(address)
+            };
+            let (connection, reused) = match pooled {
                 Some(connection) => (connection, true),
                 None => (bare::Conn::new(open(address).await?), false),
             };
@@ -241,10 +250,14 @@ impl Pool {
                     };
                     return Ok(response.map(|()| body));
                 }
-                Err(bare::ExchangeError::Stale { unsent, .. })
-                    if reused && (unsent || repeatable) =>
+                Err(bare::ExchangeError::Stale { unsent: true, .. }) if reused => {
+                    debug!(%address, "an idle upstream connection was closed; sending on another");
+                }
+                Err(bare::ExchangeError::Stale { unsent: false, .. })
+                    if reused && repeatable && !repeated =>
                 {
-                    debug!(%address, "an idle upstream connection was closed; retrying on another");
+                    debug!(%address, "the upstream closed a reused connection without a response; repeating the request once on a new connection");
+                    repeated = true;
                 }
                 Err(error) => return Err(ProxyError::Upstream(error.to_string())),
             }
