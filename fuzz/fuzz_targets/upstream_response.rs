@@ -19,11 +19,17 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let chunked = decoded.headers.contains_key(header::TRANSFER_ENCODING);
-    let length = decoded
+    // A list of equal lengths (`5, 5`) counts as one, as RFC 9110 allows.
+    let lengths: Option<Vec<usize>> = decoded
         .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.trim().parse::<usize>().ok());
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
+        .map(|token| std::str::from_utf8(token).ok()?.trim().parse::<usize>().ok())
+        .collect();
+    let length = lengths
+        .filter(|lengths| lengths.windows(2).all(|pair| pair[0] == pair[1]))
+        .and_then(|lengths| lengths.first().copied());
     let bodiless = method == Method::HEAD
         || decoded.status.is_informational()
         || decoded.status == 204
