@@ -38,9 +38,9 @@ thread_local! {
 }
 
 /// Reads the worker count from [`WORKERS_VARIABLE`]; without it, returns
-/// one per core the process may use. More than four per core gains
-/// nothing and costs descriptors and memory, so a larger count is
-/// rejected.
+/// one per core the process may use. Workers beyond the cores cannot run
+/// at once but cost descriptors and memory, so more than four per core
+/// is rejected.
 pub fn configured_count() -> Result<usize, String> {
     let cores = std::thread::available_parallelism().map_or(1, |count| count.get());
     let value = match std::env::var(WORKERS_VARIABLE) {
@@ -51,10 +51,10 @@ pub fn configured_count() -> Result<usize, String> {
         .trim()
         .parse()
         .map_err(|_| format!("{WORKERS_VARIABLE}={value:?} is not a number of worker threads"))?;
-    let most = cores * 4;
-    if count > most {
+    let max_count = cores * 4;
+    if count > max_count {
         return Err(format!(
-            "{WORKERS_VARIABLE}={value:?} is more than four workers for each of the {cores} cores; use at most {most}"
+            "{WORKERS_VARIABLE}={value:?} is more than four workers for each of the {cores} cores; use at most {max_count}"
         ));
     }
     Ok(count)

@@ -1,7 +1,7 @@
-//! A tenant's response as the bare upstream client decodes it: never a
-//! panic, a declared length always matches the body, and a connection is
-//! offered for reuse only when the response ended exactly at the last
-//! byte with a length or chunked framing.
+//! A tenant's response as the bare upstream client decodes it. Decoding
+//! never panics, and a declared length always matches the body. A
+//! connection is offered for reuse only when the response was framed by
+//! a length or chunked coding and ended exactly at the last byte.
 
 #![no_main]
 
