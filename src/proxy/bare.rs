@@ -14,6 +14,11 @@
 //! the response is written to the client.
 //!
 //! Requests with a body, and upgrades, still go through hyper.
+//!
+//! NOTE: trailers after a chunked body are read and dropped, and a
+//! reason phrase other than the standard one is not passed on (the
+//! client sees the standard phrase for the status), where hyper's client
+//! kept both.
 
 use std::io;
 use std::pin::Pin;
