@@ -249,8 +249,8 @@ impl Accepted {
                 let app = app.clone();
                 let in_flight = activity.request_started();
                 // hyper keeps room for one request's future for as long
-                // as the connection is open; boxed, an idle keep-alive
-                // connection holds a pointer instead of the whole
+                // as the connection is open. Boxed, an idle keep-alive
+                // connection keeps a pointer instead of the whole
                 // pipeline's state.
                 Box::pin(async move {
                     let response = pipeline::handle(app, connection, request, in_flight).await;

@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 
 use support::{NAVIGATOR, Navigator};
 
-/// One demo tenant; its JSON report names the upstream connection a
-/// request came on (`peer`, navigator's end of it).
+/// Returns a config with one demo tenant, whose JSON report names the
+/// upstream connection a request came on (`peer`, navigator's end of it).
 fn tenant_config() -> String {
     format!(
         r#"[server]
@@ -34,7 +34,7 @@ path = "/t/"
     )
 }
 
-/// The upstream connection that carried a request for `/t/page`.
+/// Returns the upstream connection that carried a request for `/t/page`.
 fn peer_of(response: &support::HttpResponse) -> String {
     assert_eq!(response.status, 200, "{}", response.text());
     response.json()["peer"]
@@ -65,7 +65,7 @@ fn each_worker_keeps_its_own_upstream_connection() {
     let navigator = start_with_workers("2");
     assert_eq!(worker_threads(&navigator), 2);
     // Every request comes on a client connection of its own, and client
-    // connections go to the two workers in turn; each worker makes one
+    // connections go to the two workers in turn. So each worker makes one
     // upstream connection and reuses it.
     let peers: BTreeSet<String> = (0..8).map(|_| peer_of(&navigator.get(PAGE))).collect();
     assert_eq!(peers.len(), 2, "{peers:?}");

@@ -3,15 +3,16 @@
 //!
 //! Most requests to a tenant are GETs without a body. hyper's client
 //! gives each upstream connection an 8 KiB write buffer and a read buffer
-//! that grows to 16 KiB, routes every request through an internal
-//! channel, and keeps all of it while the connection sits in the pool.
-//! Here a connection is a socket and a read buffer that starts at 4 KiB
-//! and is dropped when it grew beyond that: the request head is written
-//! in one call, the response head is parsed with `httparse`, and the body
-//! is framed by Content-Length, chunked coding or the end of the
-//! connection (RFC 9112, section 6.3). A body that arrived with its head
-//! is copied out at once, so the connection is back in the pool before
-//! the response is written to the client.
+//! of at least 8 KiB (its `INIT_BUFFER_SIZE`), routes every request
+//! through an internal channel, and keeps all of it while the connection
+//! sits in the pool. Here a connection is a socket and a read buffer that
+//! starts at 4 KiB and is freed when the connection is parked.
+//!
+//! The request head is written in one call and the response head is
+//! parsed with `httparse`. The body is framed by Content-Length, chunked
+//! coding or the end of the connection (RFC 9112, section 6.3). A body
+//! that arrived with its head is copied out at once, so the connection is
+//! back in the pool before the response is written to the client.
 //!
 //! Requests with a body, and upgrades, still go through hyper.
 //!
@@ -118,9 +119,7 @@ impl Conn {
         let mut received = false;
         loop {
             if let Some(parsed) = parse_head(&mut self.buf).map_err(ExchangeError::Failed)? {
-                if parsed.status.is_informational()
-                    && parsed.status != StatusCode::SWITCHING_PROTOCOLS
-                {
+                if is_interim(parsed.status) {
                     continue;
                 }
                 return finish_head(self, parsed, method);
@@ -161,6 +160,12 @@ impl Conn {
             }
         }
     }
+}
+
+/// Returns whether `status` is an interim response that a final one
+/// follows: any 1xx but 101, which switches protocols.
+fn is_interim(status: StatusCode) -> bool {
+    status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS
 }
 
 /// A parsed response head.
@@ -646,7 +651,7 @@ pub fn decode(bytes: &[u8], method: &Method) -> Result<Option<Decoded>, String> 
         let Some(head) = parse_head(&mut buf)? else {
             return Ok(None);
         };
-        if !(head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS) {
+        if !is_interim(head.status) {
             break head;
         }
     };
@@ -730,9 +735,28 @@ mod tests {
     /// connection.
     const CLOSE: &[u8] = b"\0close";
 
-    /// A loopback upstream that responds to each request head it reads
-    /// with the next scripted reply, in the pieces the reply is split
-    /// into. An empty reply closes the connection without a response.
+    /// Reads from `stream` until `pending` contains a whole request head,
+    /// then removes and returns it. Returns `None` once the peer closed.
+    async fn next_head(
+        stream: &mut tokio::net::TcpStream,
+        pending: &mut Vec<u8>,
+    ) -> Option<Vec<u8>> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                return Some(pending.drain(..end + 4).collect());
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(read) => pending.extend_from_slice(&chunk[..read]),
+            }
+        }
+    }
+
+    /// Starts a loopback upstream that responds to each request head it
+    /// reads with the next scripted reply, in the pieces the reply is
+    /// split into. An empty reply closes the connection without a
+    /// response.
     pub(crate) async fn scripted(replies: Vec<Vec<&'static [u8]>>) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -742,28 +766,20 @@ mod tests {
                 let replies = replies.clone();
                 tokio::spawn(async move {
                     let mut pending = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                            pending.drain(..end + 4);
-                            let reply = replies.lock().unwrap().pop_front().unwrap_or_default();
-                            if reply.is_empty() {
+                    while next_head(&mut stream, &mut pending).await.is_some() {
+                        let reply = replies.lock().unwrap().pop_front().unwrap_or_default();
+                        if reply.is_empty() {
+                            return;
+                        }
+                        for piece in reply {
+                            if piece == CLOSE {
                                 return;
                             }
-                            for piece in reply {
-                                if piece == CLOSE {
-                                    return;
-                                }
-                                if stream.write_all(piece).await.is_err() {
-                                    return;
-                                }
-                                stream.flush().await.unwrap();
-                                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                            if stream.write_all(piece).await.is_err() {
+                                return;
                             }
-                        }
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(read) => pending.extend_from_slice(&chunk[..read]),
+                            stream.flush().await.unwrap();
+                            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                         }
                     }
                 });
@@ -1000,9 +1016,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn pool_repeats_a_request_the_upstream_dropped_only_when_safe() {
+    async fn pool_repeats_only_safe_methods() {
         // The second request goes out on the pooled connection, which the
-        // upstream closes without answering; a GET is repeated on a new
+        // upstream closes without a response. A GET is repeated on a new
         // connection, a POST is not.
         assert_eq!(send_twice(Method::GET).await, Ok(StatusCode::OK));
         let post = send_twice(Method::POST).await;
@@ -1059,23 +1075,15 @@ mod tests {
                 let counter = counter.clone();
                 tokio::spawn(async move {
                     let mut pending = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head: Vec<u8> = pending.drain(..end + 4).collect();
-                            if head.windows(7).any(|w| w == b" /drop ") {
-                                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                                return;
-                            }
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                            if stream.write_all(reply).await.is_err() {
-                                return;
-                            }
+                    while let Some(head) = next_head(&mut stream, &mut pending).await {
+                        if head.windows(7).any(|w| w == b" /drop ") {
+                            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            return;
                         }
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(read) => pending.extend_from_slice(&chunk[..read]),
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if stream.write_all(reply).await.is_err() {
+                            return;
                         }
                     }
                 });
@@ -1085,8 +1093,8 @@ mod tests {
     }
 
     /// Sends five concurrent GETs (leaving five idle connections), then
-    /// one `method` request for `/drop`, which the upstream drops. Returns how often
-    /// the upstream received it.
+    /// one `method` request for `/drop`, which the upstream drops.
+    /// Returns how often the upstream received it.
     async fn times_dropped_request_sent(method: Method) -> usize {
         let (address, dropped) = counting_upstream().await;
         let pool = crate::proxy::pool::Pool::new();

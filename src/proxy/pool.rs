@@ -45,8 +45,8 @@ use crate::workers;
 /// Idle hyper connections kept per upstream address and worker.
 const MAX_IDLE_PER_ADDRESS: usize = 64;
 /// Idle bare connections kept per upstream address and worker. A parked
-/// bare connection holds no buffer, so keeping many is cheap, and each one
-/// closed too early costs a connect under load (and a socket in
+/// bare connection keeps no buffer, so keeping many is cheap, while each
+/// one closed too early costs a connect under load (and a socket in
 /// TIME_WAIT).
 const MAX_IDLE_BARE_PER_ADDRESS: usize = 512;
 /// An idle connection older than this is closed rather than reused.
