@@ -37,7 +37,7 @@ thread_local! {
     static INDEX: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Reads the worker count from [`WORKERS_VARIABLE`]; without it, returns
+/// Reads the worker count from [`WORKERS_VARIABLE`]. Without it, returns
 /// one per core the process may use. Workers beyond the cores cannot run
 /// at once but cost descriptors and memory, so more than four per core
 /// is rejected.
