@@ -23,14 +23,15 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// Waits up to `timeout` for the client's first byte. Returns false when
-/// none came (or the peer closed), and the connection should be dropped.
-pub async fn first_byte(stream: &TcpStream, timeout: Duration) -> bool {
+/// Waits up to `timeout` for the client's first byte and returns it,
+/// left unread. `None` when none came (or the peer closed), and the
+/// connection should be dropped.
+pub async fn first_byte(stream: &TcpStream, timeout: Duration) -> Option<u8> {
     let mut probe = [0u8; 1];
-    matches!(
-        tokio::time::timeout(timeout, stream.peek(&mut probe)).await,
-        Ok(Ok(read)) if read > 0
-    )
+    match tokio::time::timeout(timeout, stream.peek(&mut probe)).await {
+        Ok(Ok(read)) if read > 0 => Some(probe[0]),
+        _ => None,
+    }
 }
 
 /// Traffic and request counters of one connection.

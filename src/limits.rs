@@ -11,6 +11,7 @@
 //! the response. The checks here cover the rest: the `Host` header rules
 //! and the body size.
 
+use std::net::Ipv6Addr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -18,7 +19,6 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
-use http::uri::Authority;
 use http::{Extensions, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -89,17 +89,65 @@ pub fn check_head(
     Ok(())
 }
 
-/// Checks that `host` is `name[:port]` or `[v6][:port]`, without user info.
+/// Checks that `host` is `uri-host [":" port]` (RFC 9110 §7.2): a
+/// bracketed IPv6 address or a registered name (which covers IPv4), and
+/// an optional port that fits 16 bits. It runs on every request, so it
+/// reads the bytes in place rather than building an `Authority`.
 fn is_valid_host(host: &[u8]) -> bool {
-    if host.is_empty() || host.contains(&b'@') {
-        return false;
+    if let Some(rest) = host.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&byte| byte == b']') else {
+            return false;
+        };
+        let literal = std::str::from_utf8(&rest[..end]).ok();
+        if literal
+            .and_then(|text| text.parse::<Ipv6Addr>().ok())
+            .is_none()
+        {
+            return false;
+        }
+        return match &rest[end + 1..] {
+            [] => true,
+            [b':', port @ ..] => is_port(port),
+            _ => false,
+        };
     }
-    Authority::try_from(host).is_ok_and(|authority| {
-        // `Authority` keeps any text after the host as the port; it must
-        // be a number when present.
-        let has_port = authority.as_str().len() > authority.host().len();
-        !authority.host().is_empty() && (!has_port || authority.port_u16().is_some())
-    })
+    let (name, port) = match host.iter().position(|&byte| byte == b':') {
+        Some(colon) => (&host[..colon], Some(&host[colon + 1..])),
+        None => (host, None),
+    };
+    !name.is_empty() && is_reg_name(name) && port.is_none_or(is_port)
+}
+
+/// Returns whether `name` is a `reg-name` of RFC 3986: unreserved
+/// characters, sub-delimiters and percent-encoded octets.
+fn is_reg_name(name: &[u8]) -> bool {
+    let mut index = 0;
+    while index < name.len() {
+        match name[index] {
+            b'%' => {
+                let encoded = name.get(index + 1..index + 3);
+                if !encoded.is_some_and(|pair| pair.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                index += 3;
+                continue;
+            }
+            byte if byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&byte) => {}
+            _ => return false,
+        }
+        index += 1;
+    }
+    true
+}
+
+/// Returns whether `port` is one to five digits with a value below 65536.
+fn is_port(port: &[u8]) -> bool {
+    (1..=5).contains(&port.len())
+        && port.iter().all(u8::is_ascii_digit)
+        && port
+            .iter()
+            .fold(0u32, |value, digit| value * 10 + u32::from(digit - b'0'))
+            <= 65535
 }
 
 /// The body size limit of one request, and the outcome of reading its
@@ -243,6 +291,10 @@ mod tests {
             "127.0.0.1",
             "[::1]:3000",
             "smooth.fly.dev",
+            "[2001:db8::7]",
+            "example.test:65535",
+            "caf%C3%A9.test",
+            "under_score.test",
         ];
         for host in ok {
             assert_eq!(
@@ -259,6 +311,14 @@ mod tests {
             "example.test:port",
             ":8080",
             "[::1",
+            "[::1]x",
+            "[zz::1]",
+            "example.test:",
+            "example.test:65536",
+            "example.test:123456",
+            "a:b:c",
+            "bad%2",
+            "bad%zz.test",
         ];
         for host in invalid {
             assert_eq!(

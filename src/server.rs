@@ -3,11 +3,16 @@
 //! and shut down gracefully. Connections outlive the listener that
 //! accepted them, so a reload can rebind without dropping any.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper::service::service_fn;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -17,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::app::App;
+use crate::body::Body;
 use crate::config::units::Listen;
 use crate::connection;
 use crate::pipeline::{self, Connection};
@@ -114,6 +120,7 @@ pub async fn serve(
     // changes it only together with a new listen address.
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1) as usize));
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut http1_only = http1::Builder::new();
     let header_read_timeout = limits.header_read_timeout.get();
     let idle_timeout = limits.idle_connection_timeout.get();
     // hyper answers 431 to a head larger than its read buffer, which has
@@ -127,13 +134,21 @@ pub async fn serve(
         .header_read_timeout(header_read_timeout)
         .max_buf_size(max_header_bytes)
         .keep_alive(true);
+    http1_only
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(max_header_bytes)
+        .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(250)
         .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(60)));
-    let builder = Arc::new(builder);
+    let builders = Arc::new(Builders {
+        auto: builder,
+        http1: http1_only,
+    });
 
     let address = listener.local_addr().ok();
     if let Some(address) = address {
@@ -170,7 +185,7 @@ pub async fn serve(
         };
         let accepted = Accepted {
             app: app.clone(),
-            builder: builder.clone(),
+            builders: builders.clone(),
             connection,
             permit,
             guard: connections.track(),
@@ -182,11 +197,15 @@ pub async fn serve(
         workers::spawn_connection(stream, move |stream| async move {
             // A client that never sends a byte would otherwise hold its
             // connection slot: the protocol detection has no deadline.
-            if !connection::first_byte(&stream, header_read_timeout).await {
+            let Some(first) = connection::first_byte(&stream, header_read_timeout).await else {
                 debug!(peer = %connection.peer, "no request within the header read timeout; closing");
                 return;
-            }
+            };
             match tls {
+                // HTTP/2 with prior knowledge starts with `PRI`. Any other
+                // first byte is HTTP/1, served without the detection
+                // layer, which costs a little on every read.
+                None if first != b'P' => accepted.serve_http1(stream).await,
                 None => accepted.serve(stream).await,
                 Some(acceptor) => {
                     let handshake =
@@ -214,28 +233,115 @@ pub async fn serve(
     }
 }
 
+/// The connection builders of one listener, set up alike.
+struct Builders {
+    /// HTTP/1.1 or HTTP/2, by prior knowledge or ALPN.
+    auto: auto::Builder<TokioExecutor>,
+    /// HTTP/1.1 alone, for plain connections that cannot be HTTP/2.
+    http1: http1::Builder,
+}
+
 /// An accepted connection and what serving it needs. The permit and the
 /// guard are released when it is dropped, whichever way the connection
 /// ends.
 struct Accepted {
     app: Arc<App>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<Builders>,
     connection: Connection,
     permit: OwnedSemaphorePermit,
     guard: ConnectionGuard,
     idle_timeout: Duration,
 }
 
+/// A connection future that can be asked to finish its current request
+/// and stop.
+trait GracefulConnection: Future {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+type ServedIo<S> = TokioIo<connection::TrackedIo<S>>;
+
+impl<S> GracefulConnection
+    for auto::UpgradeableConnection<'_, ServedIo<S>, RequestService, TokioExecutor>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        auto::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+impl<S> GracefulConnection for http1::UpgradeableConnection<ServedIo<S>, RequestService>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+/// Runs the pipeline for each request of one connection.
+struct RequestService {
+    app: Arc<App>,
+    connection: Connection,
+    activity: Arc<connection::Activity>,
+}
+
+impl Service<Request<Incoming>> for RequestService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let app = self.app.clone();
+        let connection = self.connection;
+        let in_flight = self.activity.request_started();
+        // hyper keeps room for one request's future for as long as the
+        // connection is open. Boxed, an idle keep-alive connection keeps
+        // a pointer instead of the whole pipeline's state.
+        Box::pin(async move { Ok(pipeline::handle(app, connection, request, in_flight).await) })
+    }
+}
+
 impl Accepted {
-    /// Serves HTTP on `stream` (plain TCP or TLS) until the client closes,
-    /// the connection idles out, or shutdown requests that it finish.
+    /// Serves HTTP/1.1 or HTTP/2 on `stream` (plain TCP or TLS) until the
+    /// client closes, the connection idles out, or shutdown requests that
+    /// it finish.
     async fn serve<S>(self, stream: S)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let builders = self.builders.clone();
+        self.drive(stream, |io, service| {
+            builders.auto.serve_connection_with_upgrades(io, service)
+        })
+        .await;
+    }
+
+    /// Serves HTTP/1.1 alone on `stream`, as [`Accepted::serve`] does.
+    async fn serve_http1<S>(self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let builders = self.builders.clone();
+        self.drive(stream, |io, service| {
+            builders.http1.serve_connection(io, service).with_upgrades()
+        })
+        .await;
+    }
+
+    /// Runs the connection that `open` makes from the stream and the
+    /// service, beside the watchers that end it: shutdown and idleness.
+    async fn drive<S, O, C, R>(self, stream: S, open: O)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        O: FnOnce(ServedIo<S>, RequestService) -> C,
+        C: GracefulConnection<Output = Result<(), R>>,
+        R: std::fmt::Display,
+    {
         let Accepted {
             app,
-            builder,
+            builders: _,
             connection,
             permit,
             guard,
@@ -243,23 +349,13 @@ impl Accepted {
         } = self;
         let mut closing = guard.0.closing.subscribe();
         let activity = connection::Activity::new();
-        let service = {
-            let activity = activity.clone();
-            service_fn(move |request| {
-                let app = app.clone();
-                let in_flight = activity.request_started();
-                // hyper keeps room for one request's future for as long
-                // as the connection is open. Boxed, an idle keep-alive
-                // connection keeps a pointer instead of the whole
-                // pipeline's state.
-                Box::pin(async move {
-                    let response = pipeline::handle(app, connection, request, in_flight).await;
-                    Ok::<_, std::convert::Infallible>(response)
-                })
-            })
+        let service = RequestService {
+            app,
+            connection,
+            activity: activity.clone(),
         };
         let io = TokioIo::new(connection::TrackedIo::new(stream, activity.clone()));
-        let conn = builder.serve_connection_with_upgrades(io, service);
+        let conn = open(io, service);
         tokio::pin!(conn);
         // The watchers are polled only when their own event wakes them,
         // not on every poll of the connection.

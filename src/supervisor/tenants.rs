@@ -477,7 +477,9 @@ impl Supervisor {
     /// then at most its `queue_timeout` for a place in the process's
     /// request queue, if it has one.
     pub async fn acquire(&self, spec: &Arc<TenantSpec>) -> Result<Lease, AcquireError> {
-        let deadline = tokio::time::Instant::now() + spec.startup_timeout;
+        // Read the clock only for a request that has to wait: a running
+        // tenant admits at the first step.
+        let mut deadline = None;
         let slot = self.slot(&spec.name);
         loop {
             let spec = &self.current_spec(spec);
@@ -487,7 +489,11 @@ impl Supervisor {
             match self.advance(&slot, spec, true) {
                 Wait::Admit(lease) => return self.admit(lease).await,
                 Wait::Ready(_) => continue,
-                wait => self.wait(wait, deadline).await?,
+                wait => {
+                    let deadline = *deadline
+                        .get_or_insert_with(|| tokio::time::Instant::now() + spec.startup_timeout);
+                    self.wait(wait, deadline).await?;
+                }
             }
         }
     }
@@ -520,7 +526,8 @@ impl Supervisor {
         let mut state = lock(&slot.state);
         match &state.phase {
             Phase::Running(instance)
-                if instance.spec.launch == spec.launch && !instance.stopping() =>
+                if (Arc::ptr_eq(&instance.spec, spec) || instance.spec.launch == spec.launch)
+                    && !instance.stopping() =>
             {
                 if lease {
                     Wait::Admit(instance.lease())
