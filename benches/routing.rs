@@ -105,7 +105,10 @@ fn route(snapshot: &Snapshot, method: &Method, raw_path: &str) -> Option<usize> 
     if snapshot.path_rules.redirect(&path, method).is_some() {
         return Some(0);
     }
-    let path = snapshot.path_rules.rewrite(&path, method).unwrap_or(path);
+    let path = snapshot
+        .path_rules
+        .rewrite(&path, method)
+        .map_or(path, std::borrow::Cow::Owned);
     if snapshot.replay.find(&path, method).is_some() {
         return Some(3);
     }

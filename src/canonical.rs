@@ -7,6 +7,7 @@
 //! than repaired, so the caller can answer 400, and code that receives a
 //! canonical path need not decode or check it again.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// A reason a request path has no canonical form.
@@ -57,11 +58,15 @@ impl std::error::Error for PathError {}
 /// name. Segments starting with `.` (`/.well-known`) are allowed, because
 /// only `.` and `..` have a special meaning.
 ///
-/// Allocates one `String` no longer than `raw_path`.
-pub fn canonicalize(raw_path: &str) -> Result<String, PathError> {
+/// Returns `raw_path` itself when it is already canonical, as most paths
+/// are; otherwise allocates one `String` no longer than `raw_path`.
+pub fn canonicalize(raw_path: &str) -> Result<Cow<'_, str>, PathError> {
     let raw = raw_path.as_bytes();
     if raw.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
+    }
+    if is_canonical(raw) {
+        return Ok(Cow::Borrowed(raw_path));
     }
 
     // Decoding only ever shortens the text, so this is the one allocation.
@@ -99,7 +104,26 @@ pub fn canonicalize(raw_path: &str) -> Result<String, PathError> {
     }
     check_segment(&out[segment_start..])?;
 
-    String::from_utf8(out).map_err(|_| PathError::InvalidUtf8)
+    String::from_utf8(out)
+        .map(Cow::Owned)
+        .map_err(|_| PathError::InvalidUtf8)
+}
+
+/// Returns whether decoding `raw` (which starts with `/`) would leave it
+/// as it is and find nothing to reject: no escape, no repeated slash, no
+/// byte that is refused, no `.` or `..` segment.
+fn is_canonical(raw: &[u8]) -> bool {
+    let mut previous = 0u8;
+    for &byte in raw {
+        match byte {
+            b'%' | b'\\' | 0x00..=0x1f | 0x7f => return false,
+            b'/' if previous == b'/' => return false,
+            _ => {}
+        }
+        previous = byte;
+    }
+    raw.split(|&byte| byte == b'/')
+        .all(|segment| check_segment(segment).is_ok())
 }
 
 fn check_segment(segment: &[u8]) -> Result<(), PathError> {
@@ -121,6 +145,21 @@ fn hex_value(digit: u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_paths_borrowed() {
+        for path in ["/", "/a/b/", "/showcase/2025/raleigh/", "/.well-known/x"] {
+            let result = canonicalize(path);
+            assert!(
+                matches!(result, Ok(Cow::Borrowed(p)) if p == path),
+                "{path}"
+            );
+        }
+        for path in ["//a", "/caf%C3%A9", "/a%2fb", "/a/b//"] {
+            let result = canonicalize(path);
+            assert!(matches!(result, Ok(Cow::Owned(_))), "{path}");
+        }
+    }
 
     #[test]
     fn canonicalize_accepted_paths() {

@@ -12,6 +12,7 @@
 //! out: nothing is proxied, no script or tenant runs. Static files are
 //! looked up on this machine's disk.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
@@ -354,7 +355,7 @@ pub async fn explain(
         }
         out.details.push(format!("rewritten to {target}"));
     }
-    let path = rewritten.clone().unwrap_or(path);
+    let path = rewritten.clone().map_or(path, Cow::Owned);
     if let Some(rule) = snapshot.replay.find(&path, &request.method) {
         return replay(snapshot, out, rule, &parts.headers, request);
     }

@@ -4,17 +4,19 @@
 //! before maintenance, bots after static files), so it lives in this one
 //! function and nowhere else.
 
-use std::net::SocketAddr;
+use std::borrow::Cow;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::header::{HOST, REFERER, USER_AGENT};
-use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::uri::{InvalidUri, PathAndQuery};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
-use tracing::{debug, error, warn};
+use tracing::{debug, warn};
 
 use crate::access_log::{self, AccessRecord, Answer};
 use crate::app::App;
@@ -27,7 +29,7 @@ use crate::compile::{Snapshot, TenantSpec};
 use crate::control;
 use crate::fly;
 use crate::limits;
-use crate::proxy::{self, Forward, Forwarding, ProxyError, headers::X_REQUEST_ID};
+use crate::proxy::{self, Forward, Forwarding, ProxyError, Upstream, headers::X_REQUEST_ID};
 use crate::responses;
 use crate::reverse_proxy;
 use crate::status::{self, Stage};
@@ -134,7 +136,10 @@ async fn route(
     }
 
     // 0. Canonical path: every later step matches this one decoded path.
-    let path = match canonical::canonicalize(head.uri.path()) {
+    // The path is usually borrowed from the URI, unchanged. It borrows a
+    // clone (which shares the URI's bytes), so the request can still move.
+    let uri = head.uri.clone();
+    let path = match canonical::canonicalize(uri.path()) {
         Ok(path) => path,
         Err(error) => {
             context.record.answer = Answer::Error;
@@ -232,7 +237,7 @@ async fn route(
             return responses::bad_request("the rewritten path is not a clean absolute path");
         }
     }
-    let path = rewritten.clone().unwrap_or(path);
+    let path = rewritten.clone().map_or(path, Cow::Owned);
     if let Some(rule) = snapshot.replay.find(&path, &head.method) {
         let request = Request::from_parts(head, body);
         return Box::pin(fly::replay::answer(app, context, rule, request)).await;
@@ -275,9 +280,8 @@ async fn route(
 
     // 12. Tenant by longest path prefix.
     if let Some(tenant) = snapshot.tenants.find(&path).cloned() {
-        let upstream_path = upstream_path_and_query(&head, rewritten.as_deref());
         let request = Request::from_parts(head, body);
-        return proxy_to_tenant(app, context, &tenant, request, &upstream_path).await;
+        return proxy_to_tenant(app, context, &tenant, request, rewritten.as_deref()).await;
     }
 
     // 13. Nothing matched.
@@ -511,15 +515,48 @@ pub(crate) fn upstream_path_and_query(
     }
 }
 
+/// Returns the path and query to send upstream: the request's own (shared,
+/// not copied), or the rewritten path with the request's query.
+fn upstream_target(uri: &Uri, rewritten: Option<&str>) -> Result<PathAndQuery, InvalidUri> {
+    match rewritten {
+        None => Ok(uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))),
+        Some(path) => {
+            let target = with_query(encode_path(path), uri.query());
+            PathAndQuery::from_maybe_shared(Bytes::from(target))
+        }
+    }
+}
+
 async fn proxy_to_tenant(
     app: &App,
     context: &mut RequestContext,
     tenant: &Arc<TenantSpec>,
     request: Request<Incoming>,
-    upstream_path: &str,
+    rewritten: Option<&str>,
 ) -> Response<Body> {
     context.record.tenant = Some(tenant.name.clone());
     context.record.answer = Answer::Proxy;
+
+    let path_and_query = match upstream_target(request.uri(), rewritten) {
+        Ok(path_and_query) => path_and_query,
+        Err(error) => {
+            warn!(
+                tenant = %tenant.name,
+                request_id = ?context.request_id,
+                rewritten = rewritten.unwrap_or("-"),
+                error = %error,
+                "invalid upstream request target"
+            );
+            context.record.answer = Answer::Error;
+            return responses::error_page(
+                StatusCode::BAD_REQUEST,
+                "The application did not answer this request.",
+            );
+        }
+    };
 
     let lease = match app.supervisor.acquire(tenant).await {
         Ok(lease) => lease,
@@ -547,7 +584,7 @@ async fn proxy_to_tenant(
     };
 
     let port = lease.port();
-    let address = format!("127.0.0.1:{port}");
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let websocket = proxy::headers::is_websocket_upgrade(request.headers());
     if websocket {
         context.record.answer = Answer::WebSocket;
@@ -557,14 +594,9 @@ async fn proxy_to_tenant(
     } else {
         Box::new(lease)
     };
-    let authority = match Authority::try_from(address.as_str()) {
-        Ok(authority) => authority,
-        Err(error) => {
-            error!(tenant = %tenant.name, port, error = %error, "cannot form upstream address");
-            return responses::error_page(StatusCode::INTERNAL_SERVER_ERROR, "Internal error.");
-        }
-    };
-    context.record.target = Some(address);
+    // `format!` sizes the string from its literal part, so it is made
+    // in one allocation.
+    context.record.target = Some(format!("127.0.0.1:{port}"));
     let forwarding = Forwarding {
         peer: context.connection.peer.ip(),
         tls: context.connection.tls,
@@ -573,9 +605,8 @@ async fn proxy_to_tenant(
     let host = request.headers().get(HOST).cloned();
     let body_limit = request.extensions().get::<limits::BodyLimit>().cloned();
     let target = Forward {
-        scheme: Scheme::HTTP,
-        authority,
-        path_and_query: upstream_path,
+        upstream: Upstream::Address(address),
+        path_and_query,
         forwarding,
         request_id: &context.request_id,
         guard,

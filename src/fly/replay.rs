@@ -14,7 +14,7 @@
 //!   page instead of a second replay.
 
 use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
-use http::uri::{Authority, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -27,7 +27,9 @@ use crate::app::App;
 use crate::body::{self, Body};
 use crate::compile::rules::{ReplayRule, ReplayTarget};
 use crate::pipeline::{self, RequestContext};
-use crate::proxy::{self, Forward, Forwarding, ProxyError, headers::is_websocket_upgrade};
+use crate::proxy::{
+    self, Forward, Forwarding, ProxyError, Upstream, headers::is_websocket_upgrade,
+};
 use crate::responses;
 
 /// Set on replays within this app and on private-network requests; a
@@ -306,8 +308,8 @@ async fn proxy_over_private_network(
     let path_and_query = request
         .uri()
         .path_and_query()
-        .map(|pq| pq.as_str().to_string())
-        .unwrap_or_else(|| "/".to_string());
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     context.record.answer = if websocket {
         Answer::WebSocket
     } else {
@@ -329,9 +331,8 @@ async fn proxy_over_private_network(
         Box::new(())
     };
     let forward = Forward {
-        scheme: Scheme::HTTP,
-        authority: destination.connect.clone(),
-        path_and_query: &path_and_query,
+        upstream: Upstream::Named(Scheme::HTTP, destination.connect.clone()),
+        path_and_query,
         forwarding: Forwarding {
             peer: context.connection.peer.ip(),
             tls: context.connection.tls,

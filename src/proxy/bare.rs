@@ -210,7 +210,9 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, String> {
     };
     let status = StatusCode::from_u16(code).map_err(|_| format!("invalid status code {code}"))?;
     let head = buf.split_to(length).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    // One more than the upstream sent: the pipeline adds `X-Request-Id`,
+    // and a full map would be copied into a larger one for it.
+    let mut headers = HeaderMap::with_capacity(count + 1);
     for &(name_start, name_end, value_start, value_end) in &spans[..count] {
         let name = HeaderName::from_bytes(&head[name_start..name_end])
             .map_err(|_| "invalid header name in the response".to_string())?;

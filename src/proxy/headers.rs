@@ -136,8 +136,12 @@ pub fn prepare_request(
             chain.extend_from_slice(b", ");
         }
     }
-    chain.extend_from_slice(peer.as_bytes());
-    let forwarded_for = HeaderValue::from_bytes(&chain).unwrap_or(peer);
+    let forwarded_for = if chain.is_empty() {
+        peer
+    } else {
+        chain.extend_from_slice(peer.as_bytes());
+        HeaderValue::from_bytes(&chain).unwrap_or(peer)
+    };
     headers.insert(X_FORWARDED_FOR, forwarded_for);
 
     if !(forwarding.trust_proxy && headers.contains_key(X_FORWARDED_PROTO)) {

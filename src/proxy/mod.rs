@@ -82,12 +82,19 @@ impl std::fmt::Display for ProxyError {
 
 impl std::error::Error for ProxyError {}
 
+/// The destination of a forwarded request.
+pub enum Upstream {
+    /// A socket address, such as a tenant's loopback port.
+    Address(SocketAddr),
+    /// A name or address with its scheme, as a URI writes it.
+    Named(Scheme, Authority),
+}
+
 /// One request to forward.
 pub struct Forward<'a> {
-    pub scheme: Scheme,
-    pub authority: Authority,
+    pub upstream: Upstream,
     /// Path and query sent upstream.
-    pub path_and_query: &'a str,
+    pub path_and_query: PathAndQuery,
     pub forwarding: Forwarding,
     pub request_id: &'a HeaderValue,
     /// Kept until the response body ends, or the tunnel closes.
@@ -123,17 +130,16 @@ pub async fn forward(
         websocket,
     );
 
-    let path_and_query = PathAndQuery::try_from(target.path_and_query)
-        .map_err(|e| ProxyError::InvalidTarget(format!("{}: {e}", target.path_and_query)))?;
+    let path_and_query = target.path_and_query;
     parts.version = Version::HTTP_11;
 
     // An upstream at an IP address needs no name resolution: the request
     // drives a pooled connection itself. Upgrades need hyper's client,
     // which hands the upgraded connection over.
-    let direct = if websocket {
-        None
-    } else {
-        target.authority.as_str().parse::<SocketAddr>().ok()
+    let direct = match &target.upstream {
+        _ if websocket => None,
+        Upstream::Address(address) => Some(*address),
+        Upstream::Named(_, authority) => authority.as_str().parse::<SocketAddr>().ok(),
     };
     if let Some(address) = direct {
         parts.uri = Uri::from(path_and_query);
@@ -159,9 +165,17 @@ pub async fn forward(
         return Ok(Response::from_parts(parts, body));
     }
 
+    let (scheme, authority) = match target.upstream {
+        Upstream::Named(scheme, authority) => (scheme, authority),
+        Upstream::Address(address) => (
+            Scheme::HTTP,
+            Authority::try_from(address.to_string())
+                .map_err(|e| ProxyError::InvalidTarget(format!("{address}: {e}")))?,
+        ),
+    };
     parts.uri = Uri::builder()
-        .scheme(target.scheme)
-        .authority(target.authority)
+        .scheme(scheme)
+        .authority(authority)
         .path_and_query(path_and_query)
         .build()
         .map_err(|e| ProxyError::InvalidTarget(e.to_string()))?;
