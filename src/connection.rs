@@ -41,6 +41,8 @@ pub struct Activity {
     /// Milliseconds since `started` at the last read or write of data.
     last_traffic_ms: AtomicU64,
     in_flight: AtomicUsize,
+    /// Whether a request has started on this connection.
+    served: AtomicBool,
 }
 
 impl Activity {
@@ -49,6 +51,7 @@ impl Activity {
             started: Instant::now(),
             last_traffic_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
         })
     }
 
@@ -60,6 +63,7 @@ impl Activity {
     /// Counts a request as in flight until the returned guard drops.
     pub fn request_started(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.served.store(true, Ordering::Release);
         InFlight(self.clone())
     }
 
@@ -99,6 +103,18 @@ pub async fn watch_idle(activity: Arc<Activity>, timeout: Duration) {
             None => timeout,
         };
     }
+}
+
+/// Resolves when no request has started within `timeout` of the call; a
+/// connection that has served one, or no timeout, never resolves.
+pub async fn watch_first_request(activity: Arc<Activity>, timeout: Option<Duration>) {
+    if let Some(timeout) = timeout {
+        tokio::time::sleep(timeout).await;
+        if !activity.served.load(Ordering::Acquire) {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 /// A future polled only when its own waker fired, beside a busier one in

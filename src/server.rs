@@ -206,7 +206,10 @@ pub async fn serve(
                 // first byte is HTTP/1, served without the detection
                 // layer, which costs a little on every read.
                 None if first != b'P' => accepted.serve_http1(stream).await,
-                None => accepted.serve(stream).await,
+                // hyper-util waits for the rest of a `PRI` preface without
+                // a deadline, so a client that stops after `P` or `PR`
+                // would hold its slot until the idle timeout.
+                None => accepted.serve(stream, Some(header_read_timeout)).await,
                 Some(acceptor) => {
                     let handshake =
                         tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await;
@@ -214,7 +217,7 @@ pub async fn serve(
                         // Boxed: a TLS session is large, and inline it
                         // would enlarge the task of every plain
                         // connection too.
-                        Ok(Ok(stream)) => Box::pin(accepted.serve(stream)).await,
+                        Ok(Ok(stream)) => Box::pin(accepted.serve(stream, None)).await,
                         Ok(Err(error)) => {
                             debug!(peer = %connection.peer, error = %error, "TLS handshake failed");
                         }
@@ -306,13 +309,14 @@ impl Service<Request<Incoming>> for RequestService {
 impl Accepted {
     /// Serves HTTP/1.1 or HTTP/2 on `stream` (plain TCP or TLS) until the
     /// client closes, the connection idles out, or shutdown requests that
-    /// it finish.
-    async fn serve<S>(self, stream: S)
+    /// it finish. With `first_request`, a connection on which no request
+    /// has started that long after it opened is closed.
+    async fn serve<S>(self, stream: S, first_request: Option<Duration>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let builders = self.builders.clone();
-        self.drive(stream, |io, service| {
+        self.drive(stream, first_request, |io, service| {
             builders.auto.serve_connection_with_upgrades(io, service)
         })
         .await;
@@ -324,15 +328,16 @@ impl Accepted {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let builders = self.builders.clone();
-        self.drive(stream, |io, service| {
+        self.drive(stream, None, |io, service| {
             builders.http1.serve_connection(io, service).with_upgrades()
         })
         .await;
     }
 
     /// Runs the connection that `open` makes from the stream and the
-    /// service, beside the watchers that end it: shutdown and idleness.
-    async fn drive<S, O, C, R>(self, stream: S, open: O)
+    /// service, beside the watchers that end it: shutdown, idleness and,
+    /// with `first_request`, no request in that time.
+    async fn drive<S, O, C, R>(self, stream: S, first_request: Option<Duration>, open: O)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         O: FnOnce(ServedIo<S>, RequestService) -> C,
@@ -362,8 +367,11 @@ impl Accepted {
         let watchers = std::pin::pin!(async {
             tokio::select! {
                 _ = stopped(&mut closing) => {}
-                _ = connection::watch_idle(activity, idle_timeout) => {
+                _ = connection::watch_idle(activity.clone(), idle_timeout) => {
                     debug!(peer = %connection.peer, idle_secs = idle_timeout.as_secs(), "closing an idle connection");
+                }
+                _ = connection::watch_first_request(activity, first_request) => {
+                    debug!(peer = %connection.peer, "no request within the header read timeout; closing");
                 }
             }
         });

@@ -517,6 +517,17 @@ fn cases() -> Vec<Case> {
             "GET /showcase/studios/?case=62 HTTP/1.1\r\nHost: localhost\r\n",
             Closed,
         ),
+        case(
+            "incomplete POST head is closed after header_read_timeout",
+            "POST /showcase/studios/?case=63 HTTP/1.1\r\nHost: localhost\r\n",
+            Closed,
+        ),
+        case("stalled HTTP/2 preface after PR is closed", "PR", Closed),
+        case(
+            "stalled HTTP/2 preface after its first line is closed",
+            "PRI * HTTP/2.0\r\n",
+            Closed,
+        ),
         case("silent connection is closed", "", Closed),
     ]
 }
