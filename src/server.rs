@@ -128,17 +128,19 @@ pub async fn serve(
     // keep-alive connection waits for the next request, so HTTP/1.1
     // connections idle for `header_read_timeout` close too.
     let max_header_bytes = (limits.max_header_bytes.0 as usize).max(8192);
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .max_buf_size(max_header_bytes)
-        .keep_alive(true);
-    http1_only
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .max_buf_size(max_header_bytes)
-        .keep_alive(true);
+    // Both builders serve HTTP/1 and must do it alike. Their types differ
+    // but their setters share names, so one list sets both.
+    macro_rules! http1_settings {
+        ($builder:expr) => {
+            $builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
+                .max_buf_size(max_header_bytes)
+                .keep_alive(true)
+        };
+    }
+    http1_settings!(builder.http1());
+    http1_settings!(http1_only);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -130,7 +130,6 @@ pub async fn forward(
         websocket,
     );
 
-    let path_and_query = target.path_and_query;
     parts.version = Version::HTTP_11;
 
     // An upstream at an IP address needs no name resolution: the request
@@ -142,7 +141,7 @@ pub async fn forward(
         Upstream::Named(_, authority) => authority.as_str().parse::<SocketAddr>().ok(),
     };
     if let Some(address) = direct {
-        parts.uri = Uri::from(path_and_query);
+        parts.uri = Uri::from(target.path_and_query);
         let (body, progress) = request_body(body, &parts.extensions, target.response_timeout);
         // Pinned in place: the wrappers below borrow it rather than hold
         // copies of a large future. On a timeout the pending send is
@@ -176,7 +175,7 @@ pub async fn forward(
     parts.uri = Uri::builder()
         .scheme(scheme)
         .authority(authority)
-        .path_and_query(path_and_query)
+        .path_and_query(target.path_and_query)
         .build()
         .map_err(|e| ProxyError::InvalidTarget(e.to_string()))?;
 
