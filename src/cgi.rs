@@ -11,13 +11,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::body::RequestBody;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use http_body::Frame;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{ChildStdin, ChildStdout};
 use tokio::sync::mpsc;
@@ -87,7 +87,7 @@ pub async fn serve(
     context: &mut RequestContext,
     script: &CgiScript,
     head: Parts,
-    body: Incoming,
+    body: RequestBody,
 ) -> Response<Body> {
     context.record.answer = Answer::Cgi;
     context.record.target = Some(script.script.display().to_string());
@@ -418,7 +418,7 @@ fn protocol(version: Version) -> &'static str {
 
 /// Copies the request body to the script's stdin and closes it at the
 /// end. A script that exits or closes stdin early ends the copy.
-async fn copy_request_body(mut body: Incoming, mut stdin: ChildStdin) {
+async fn copy_request_body(mut body: RequestBody, mut stdin: ChildStdin) {
     while let Some(frame) = body.frame().await {
         let frame = match frame {
             Ok(frame) => frame,

@@ -18,6 +18,7 @@ pub mod demo;
 pub mod explain;
 pub mod fly;
 pub mod hooks;
+pub mod http1;
 pub mod limits;
 pub mod log_shipping;
 pub mod logging;

@@ -17,12 +17,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
+use crate::body::RequestBody;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::{Extensions, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use crate::body::{Body, BoxError};
 
@@ -200,7 +200,7 @@ impl std::error::Error for BodyTooLarge {}
 /// once more than the limit in `extensions` has arrived, and records
 /// client errors there. Chunked bodies declare no length, so they are cut
 /// off here.
-pub fn limit_request_body(body: Incoming, extensions: &Extensions) -> Body {
+pub fn limit_request_body(body: RequestBody, extensions: &Extensions) -> Body {
     match extensions.get::<BodyLimit>() {
         Some(limit) => LimitedBody {
             inner: body,
@@ -213,7 +213,7 @@ pub fn limit_request_body(body: Incoming, extensions: &Extensions) -> Body {
 }
 
 struct LimitedBody {
-    inner: Incoming,
+    inner: RequestBody,
     limit: BodyLimit,
     received: u64,
 }

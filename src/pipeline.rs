@@ -9,12 +9,12 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::body::RequestBody;
 use bytes::Bytes;
 use http::header::{HOST, REFERER, USER_AGENT};
 use http::uri::{InvalidUri, PathAndQuery};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use tracing::{debug, warn};
 
@@ -58,7 +58,7 @@ pub struct RequestContext {
 pub async fn handle(
     app: Arc<App>,
     connection: Connection,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     in_flight: crate::connection::InFlight,
 ) -> Response<Body> {
     let started = Instant::now();
@@ -108,7 +108,7 @@ pub async fn handle(
 async fn route(
     app: &App,
     context: &mut RequestContext,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Response<Body> {
     let snapshot = context.snapshot.clone();
     let (mut head, body) = request.into_parts();
@@ -290,7 +290,7 @@ async fn route(
 }
 
 /// Keeps a sane incoming `X-Request-Id`, else makes a new one.
-fn request_id(request: &Request<Incoming>) -> HeaderValue {
+fn request_id(request: &Request<RequestBody>) -> HeaderValue {
     let incoming = request.headers().get(X_REQUEST_ID).filter(|value| {
         let bytes = value.as_bytes();
         !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
@@ -314,7 +314,7 @@ fn request_id(request: &Request<Incoming>) -> HeaderValue {
 fn client_address(
     snapshot: &Snapshot,
     connection: &Connection,
-    request: &Request<Incoming>,
+    request: &Request<RequestBody>,
 ) -> std::net::IpAddr {
     if snapshot.config.server.trust_proxy {
         let forwarded = request
@@ -534,7 +534,7 @@ async fn proxy_to_tenant(
     app: &App,
     context: &mut RequestContext,
     tenant: &Arc<TenantSpec>,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     rewritten: Option<&str>,
 ) -> Response<Body> {
     context.record.tenant = Some(tenant.name.clone());

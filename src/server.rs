@@ -16,15 +16,16 @@ use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::app::App;
-use crate::body::Body;
+use crate::body::{Body, RequestBody};
 use crate::config::units::Listen;
 use crate::connection;
+use crate::http1 as lean;
 use crate::pipeline::{self, Connection};
 use crate::tls;
 use crate::workers;
@@ -151,6 +152,16 @@ pub async fn serve(
         auto: builder,
         http1: http1_only,
     });
+    // hyper's header timer also bounds the wait for the next request on a
+    // keep-alive connection, and the idle timeout applies besides.
+    let lean = lean::Limits {
+        header_read_timeout,
+        keep_alive: match idle_timeout.is_zero() {
+            true => header_read_timeout,
+            false => header_read_timeout.min(idle_timeout),
+        },
+        max_header_bytes,
+    };
 
     let address = listener.local_addr().ok();
     if let Some(address) = address {
@@ -192,6 +203,7 @@ pub async fn serve(
             permit,
             guard: connections.track(),
             idle_timeout,
+            lean,
         };
         let tls = tls
             .as_ref()
@@ -205,9 +217,9 @@ pub async fn serve(
             };
             match tls {
                 // HTTP/2 with prior knowledge starts with `PRI`. Any other
-                // first byte is HTTP/1, served without the detection
-                // layer, which costs a little on every read.
-                None if first != b'P' => accepted.serve_http1(stream).await,
+                // first byte is HTTP/1, served by the lean server as far
+                // as it goes, then by hyper without the detection layer.
+                None if first != b'P' => accepted.serve_plain(stream).await,
                 // hyper-util waits for the rest of a `PRI` preface without
                 // a deadline, so a client that stops after `P` or `PR`
                 // would hold its slot until the idle timeout.
@@ -256,6 +268,7 @@ struct Accepted {
     permit: OwnedSemaphorePermit,
     guard: ConnectionGuard,
     idle_timeout: Duration,
+    lean: lean::Limits,
 }
 
 /// A connection future that can be asked to finish its current request
@@ -304,6 +317,7 @@ impl Service<Request<Incoming>> for RequestService {
         // hyper keeps room for one request's future for as long as the
         // connection is open. Boxed, an idle keep-alive connection keeps
         // a pointer instead of the whole pipeline's state.
+        let request = request.map(RequestBody::Streamed);
         Box::pin(async move { Ok(pipeline::handle(app, connection, request, in_flight).await) })
     }
 }
@@ -322,6 +336,26 @@ impl Accepted {
             builders.auto.serve_connection_with_upgrades(io, service)
         })
         .await;
+    }
+
+    /// Serves plain HTTP/1.1 on `stream`: the lean server takes the
+    /// requests it can, and hyper the rest of the connection after the
+    /// first one it cannot.
+    async fn serve_plain(self, mut stream: TcpStream) {
+        let mut closing = self.guard.0.closing.subscribe();
+        let activity = connection::Activity::new();
+        let ending = lean::serve(
+            &mut stream,
+            &self.app,
+            self.connection,
+            self.lean,
+            &mut closing,
+            &activity,
+        )
+        .await;
+        if let lean::Ending::HandOver(read) = ending {
+            self.serve_http1(lean::Rewind::new(read, stream)).await;
+        }
     }
 
     /// Serves HTTP/1.1 alone on `stream`, as [`Accepted::serve`] does.
@@ -353,6 +387,7 @@ impl Accepted {
             permit,
             guard,
             idle_timeout,
+            lean: _,
         } = self;
         let mut closing = guard.0.closing.subscribe();
         let activity = connection::Activity::new();

@@ -652,3 +652,58 @@ fn connection_limit_queues_extra_clients() {
     let _ = third.read_to_end(&mut response);
     assert_eq!(status_of(&response), Some(200));
 }
+
+/// Responses in `bytes`, by status, in order.
+fn statuses(bytes: &[u8]) -> Vec<u16> {
+    let text = String::from_utf8_lossy(bytes);
+    text.match_indices("HTTP/1.1 ")
+        .filter_map(|(at, _)| text[at + 9..].get(..3)?.parse().ok())
+        .collect()
+}
+
+/// One keep-alive connection whose requests the lean HTTP/1 server takes
+/// first (pipelined, then a head split across writes), until a request
+/// with a body passes the connection to hyper for the rest.
+#[test]
+fn one_connection_passes_from_the_lean_server_to_hyper() {
+    let navigator = start();
+    let event = "/showcase/2025/boston/april/";
+    let mut stream = TcpStream::connect(navigator.address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let public = "GET /showcase/studios/ HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    stream
+        .write_all(format!("{public}{public}").as_bytes())
+        .unwrap();
+    stream
+        .write_all(b"GET /showcase/studios/ HTTP/1.1\r\nHo")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    stream.write_all(b"st: localhost\r\n\r\n").unwrap();
+    let post = format!(
+        "POST {event}lean-then-hyper HTTP/1.1\r\nHost: localhost\r\n{AUTH}Content-Length: 5\r\n\r\nhello"
+    );
+    stream.write_all(post.as_bytes()).unwrap();
+    stream
+        .write_all(
+            b"GET /showcase/studios/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .expect("the connection closes after the last request");
+    assert_eq!(
+        statuses(&response),
+        [200, 200, 200, 200, 200],
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+    let log = std::fs::read_to_string(navigator.path("requests.log")).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("POST ") && line.contains("lean-then-hyper")),
+        "the POST did not reach its tenant: {log}"
+    );
+}

@@ -201,7 +201,9 @@ impl PathRules {
             }
         }
 
-        rules.redirect_set = RegexSet::new(rules.redirects.iter().map(|r| r.from.as_str())).ok();
+        // No set without rules: searching an empty set still costs a
+        // cache checkout on every request.
+        rules.redirect_set = regex_set(rules.redirects.iter().map(|r| r.from.as_str()));
         rules
     }
 
@@ -233,6 +235,14 @@ impl PathRules {
         }
         current
     }
+}
+
+/// One automaton over `patterns`, or `None` when there are none.
+fn regex_set<'a>(patterns: impl ExactSizeIterator<Item = &'a str>) -> Option<RegexSet> {
+    if patterns.len() == 0 {
+        return None;
+    }
+    RegexSet::new(patterns).ok()
 }
 
 /// Expands `$1`.. and `${name}` in `template` from `regex`'s captures on
@@ -321,7 +331,7 @@ impl ReplayRules {
                 });
             }
         }
-        let set = RegexSet::new(rules.iter().map(|r| r.path.as_str())).ok();
+        let set = regex_set(rules.iter().map(|r| r.path.as_str()));
         ReplayRules { rules, set }
     }
 

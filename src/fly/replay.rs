@@ -13,11 +13,11 @@
 //!   from another navigator) and matches a rule again gets the maintenance
 //!   page instead of a second replay.
 
+use crate::body::RequestBody;
 use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
@@ -207,7 +207,7 @@ pub fn private_target(
 
 /// Returns the exact body length: `Content-Length`, else what the body
 /// itself reports (zero for a request that ended with its head).
-fn body_length(request: &Request<Incoming>) -> Option<u64> {
+fn body_length(request: &Request<RequestBody>) -> Option<u64> {
     if let Some(value) = request.headers().get(CONTENT_LENGTH) {
         return value.to_str().ok()?.trim().parse().ok();
     }
@@ -219,7 +219,7 @@ pub async fn answer(
     app: &App,
     context: &mut RequestContext,
     rule: &ReplayRule,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Response<Body> {
     let decision = decide(request.method(), request.headers(), body_length(&request));
     match decision {
@@ -234,7 +234,7 @@ pub async fn answer(
 async fn stop_loop(
     context: &mut RequestContext,
     rule: &ReplayRule,
-    request: &Request<Incoming>,
+    request: &Request<RequestBody>,
     header: &'static str,
 ) -> Response<Body> {
     let target = describe(&rule.target);
@@ -255,7 +255,7 @@ fn replay(
     app: &App,
     context: &mut RequestContext,
     rule: &ReplayRule,
-    request: &Request<Incoming>,
+    request: &Request<RequestBody>,
 ) -> Response<Body> {
     let environment = &app.fly.environment;
     let instruction = instruction(
@@ -284,7 +284,7 @@ async fn proxy_over_private_network(
     app: &App,
     context: &mut RequestContext,
     target: &ReplayTarget,
-    mut request: Request<Incoming>,
+    mut request: Request<RequestBody>,
     reason: &'static str,
 ) -> Response<Body> {
     let destination = match private_target(target, &app.fly.environment, &context.snapshot.fly) {

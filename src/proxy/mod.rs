@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::body::RequestBody;
 use bytes::Bytes;
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -109,7 +110,7 @@ pub struct Forward<'a> {
 /// bytes both ways until either side closes.
 pub async fn forward(
     client: &Client,
-    mut request: Request<Incoming>,
+    mut request: Request<RequestBody>,
     target: Forward<'_>,
 ) -> Result<Response<Body>, ProxyError> {
     let websocket = headers::is_websocket_upgrade(request.headers());
@@ -236,7 +237,7 @@ pub async fn forward(
 /// and with a response timeout, tracked so that forwarded chunks count as
 /// progress. A request without a body needs neither.
 fn request_body(
-    body: Incoming,
+    body: RequestBody,
     extensions: &http::Extensions,
     response_timeout: Option<Duration>,
 ) -> (Body, Option<std::sync::Arc<timeout::Progress>>) {

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::body::RequestBody;
 use http::header::HOST;
 use http::uri::Authority;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
@@ -195,7 +196,7 @@ pub async fn serve(
     client: &Client,
     matched: Matched<'_>,
     context: &mut RequestContext,
-    mut request: Request<Incoming>,
+    mut request: Request<RequestBody>,
     original_path: &str,
 ) -> Response<Body> {
     let route = matched.route;

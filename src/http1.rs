@@ -1,0 +1,977 @@
+//! A lean HTTP/1.1 server for plain connections. It serves the common
+//! request itself: a head that parses cleanly, with no body, no upgrade
+//! and no `Expect`, which is nearly every request a browser sends to a
+//! Rails tenant. The first request it does not serve, whether odd,
+//! malformed or carrying a body, goes to hyper together with the bytes
+//! already read, and hyper serves the rest of that connection. So every
+//! error response, body framing and upgrade stays hyper's, and this
+//! module responds only to requests it parsed in full.
+//!
+//! What it saves is per-request work: hyper's header timer, dispatcher
+//! and encoder cost about a third of navigator's user time on a proxied
+//! keep-alive request (see docs/benchmarks.md).
+
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+use tracing::debug;
+
+use crate::app::App;
+use crate::body::{Body, RequestBody};
+use crate::connection::Activity;
+use crate::pipeline::{self, Connection};
+
+/// Maximum number of header fields in one request. hyper responds 431 to
+/// more.
+const MAX_HEADERS: usize = 100;
+
+/// Maximum length of a request target that hyper accepts.
+const MAX_TARGET_LENGTH: usize = u16::MAX as usize - 1;
+
+/// Bytes of room made in the read buffer before each read.
+const READ_RESERVE: usize = 4096;
+
+/// A data frame up to this size is copied behind the response head, so
+/// that both go out in one write.
+const COALESCE_LIMIT: usize = 16 * 1024;
+
+/// Limits of one listener, read when it opens.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time allowed to send a request head, once its first byte came.
+    pub header_read_timeout: Duration,
+    /// Time a keep-alive connection may wait for its next request.
+    pub keep_alive: Duration,
+    /// Maximum length of a request head. A longer one goes to hyper, which
+    /// responds 431.
+    pub max_header_bytes: usize,
+}
+
+/// The end of serving a connection.
+pub enum Ending {
+    /// The connection is done, and dropping the stream closes it.
+    Closed,
+    /// A request that hyper must serve, with the bytes read so far (that
+    /// request and any after it).
+    HandOver(Bytes),
+}
+
+/// Serves requests on `stream` until the client closes, the connection
+/// idles out, `closing` turns true, or a request needs hyper.
+pub async fn serve(
+    stream: &mut TcpStream,
+    app: &Arc<App>,
+    connection: Connection,
+    limits: Limits,
+    closing: &mut watch::Receiver<bool>,
+    activity: &Arc<Activity>,
+) -> Ending {
+    let mut input = BytesMut::new();
+    let mut output = Vec::new();
+    let mut timer: Option<Pin<Box<Sleep>>> = None;
+    loop {
+        // Read until a whole head is buffered.
+        let mut deadline = None;
+        let (request, keep_alive) = loop {
+            if !input.is_empty() {
+                // The request's URI and header values share these bytes.
+                let bytes = input.split().freeze();
+                match parse(&bytes) {
+                    // hyper responds 431 to a head over the limit, however
+                    // it arrived.
+                    Parsed::Request { length, .. } if length > limits.max_header_bytes => {
+                        return Ending::HandOver(bytes);
+                    }
+                    Parsed::Request {
+                        request,
+                        length,
+                        keep_alive,
+                    } => {
+                        // Pipelined requests after this one wait their turn.
+                        input.extend_from_slice(&bytes[length..]);
+                        break (request, keep_alive);
+                    }
+                    Parsed::Partial if bytes.len() < limits.max_header_bytes => {
+                        input = BytesMut::with_capacity(bytes.len() + READ_RESERVE);
+                        input.extend_from_slice(&bytes);
+                    }
+                    Parsed::Partial | Parsed::Other => return Ending::HandOver(bytes),
+                }
+            }
+            let limit = if input.is_empty() {
+                limits.keep_alive
+            } else {
+                limits.header_read_timeout
+            };
+            match read(
+                stream,
+                &mut input,
+                &mut timer,
+                &mut deadline,
+                limit,
+                closing,
+            )
+            .await
+            {
+                Read::Data => {}
+                Read::Closed => return Ending::Closed,
+            }
+        };
+
+        let is_head = request.method() == Method::HEAD;
+        let version = request.version();
+        let in_flight = activity.request_started();
+        // Boxed, as in the hyper service of server.rs: an idle connection
+        // keeps a pointer instead of the whole pipeline's state.
+        let mut pipeline = Box::pin(pipeline::handle(
+            app.clone(),
+            connection,
+            request,
+            in_flight,
+        ));
+        // A client that closes its connection abandons its request, as
+        // with hyper: the pipeline is dropped, which cancels a queued
+        // request and logs it as 499.
+        let mut probe = [0u8; 1];
+        let mut watching = true;
+        let response = loop {
+            tokio::select! {
+                biased;
+                response = &mut pipeline => break response,
+                peeked = stream.peek(&mut probe), if watching => match peeked {
+                    Ok(0) | Err(_) => {
+                        debug!(peer = %connection.peer, "client closed the connection before its response");
+                        return Ending::Closed;
+                    }
+                    // The next request, pipelined: it waits its turn.
+                    Ok(_) => watching = false,
+                },
+            }
+        };
+        let reply = Reply {
+            version,
+            is_head,
+            keep_alive,
+        };
+        match write_response(stream, &mut output, response, reply).await {
+            Ok(true) => {}
+            Ok(false) => return Ending::Closed,
+            Err(error) => {
+                debug!(peer = %connection.peer, error = %error, "writing a response failed");
+                return Ending::Closed;
+            }
+        }
+        if *closing.borrow() {
+            return Ending::Closed;
+        }
+        if output.capacity() > COALESCE_LIMIT * 2 {
+            output = Vec::new();
+        }
+    }
+}
+
+/// The result of one read.
+enum Read {
+    Data,
+    /// End of stream, an error, the deadline, or shutdown.
+    Closed,
+}
+
+/// Reads what the socket has; when it has nothing, waits for more until
+/// `deadline` (set to `limit` from now on the first wait). While no byte
+/// of a request has arrived, shutdown ends the wait too.
+async fn read(
+    stream: &mut TcpStream,
+    input: &mut BytesMut,
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    deadline: &mut Option<Instant>,
+    limit: Duration,
+    closing: &mut watch::Receiver<bool>,
+) -> Read {
+    input.reserve(READ_RESERVE);
+    // A read that fills less than the buffer marks the socket drained, so
+    // this first try costs a system call only when bytes are there, and
+    // needs no timer.
+    let read = match stream.read_buf(input).now_or_never() {
+        Some(read) => read,
+        None => {
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + limit);
+            let sleep = match timer {
+                Some(sleep) => {
+                    if sleep.deadline() != deadline {
+                        sleep.as_mut().reset(deadline);
+                    }
+                    sleep
+                }
+                None => timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+            };
+            let idle = input.is_empty();
+            tokio::select! {
+                biased;
+                read = stream.read_buf(input) => read,
+                _ = sleep.as_mut() => return Read::Closed,
+                _ = closing.wait_for(|closing| *closing), if idle => return Read::Closed,
+            }
+        }
+    };
+    match read {
+        Ok(0) | Err(_) => Read::Closed,
+        Ok(_) => Read::Data,
+    }
+}
+
+/// The outcome of parsing the buffered bytes. It lives for one call on
+/// the stack, where boxing the request would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    Request {
+        request: Request<RequestBody>,
+        /// Length of the head in the buffer.
+        length: usize,
+        keep_alive: bool,
+    },
+    Partial,
+    /// Malformed, or a request this module leaves to hyper.
+    Other,
+}
+
+/// Parses the head at the start of `bytes` into a request whose URI and
+/// header values share `bytes`.
+fn parse(bytes: &Bytes) -> Parsed {
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let length = match parsed.parse_with_uninit_headers(bytes, &mut storage) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Other,
+    };
+    let (Some(method), Some(target), Some(minor)) = (parsed.method, parsed.path, parsed.version)
+    else {
+        return Parsed::Other;
+    };
+    let version = match minor {
+        0 => Version::HTTP_10,
+        1 => Version::HTTP_11,
+        _ => return Parsed::Other,
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Other;
+    };
+    if method == Method::CONNECT {
+        return Parsed::Other;
+    }
+    // hyper responds 414 to a longer target.
+    if target.len() > MAX_TARGET_LENGTH {
+        return Parsed::Other;
+    }
+    let Ok(uri) = Uri::from_maybe_shared(bytes.slice_ref(target.as_bytes())) else {
+        return Parsed::Other;
+    };
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    for field in parsed.headers.iter() {
+        let name = field.name.as_bytes();
+        // A body, an upgrade or an interim response: hyper's work.
+        if name.eq_ignore_ascii_case(b"content-length")
+            || name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"upgrade")
+            || name.eq_ignore_ascii_case(b"expect")
+        {
+            return Parsed::Other;
+        }
+        if name.eq_ignore_ascii_case(b"connection") {
+            for token in field.value.split(|byte| *byte == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name),
+            HeaderValue::from_maybe_shared(bytes.slice_ref(field.value)),
+        ) else {
+            return Parsed::Other;
+        };
+        headers.append(name, value);
+    }
+    let keep_alive = match version {
+        Version::HTTP_10 => keep_alive_token && !close,
+        _ => !close,
+    };
+    let mut request = Request::new(RequestBody::Empty);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    Parsed::Request {
+        request,
+        length,
+        keep_alive,
+    }
+}
+
+/// The facts of a request that its response must follow.
+#[derive(Debug, Clone, Copy)]
+struct Reply {
+    version: Version,
+    is_head: bool,
+    keep_alive: bool,
+}
+
+/// The way a response marks the end of its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body may follow the head.
+    None,
+    Length(u64),
+    Chunked,
+    /// HTTP/1.0 without a length: the body ends when the connection does.
+    UntilClose,
+}
+
+/// Writes `response` and returns whether the connection may serve
+/// another request.
+async fn write_response<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    output: &mut Vec<u8>,
+    response: Response<Body>,
+    reply: Reply,
+) -> io::Result<bool> {
+    let (parts, mut body) = response.into_parts();
+    let mut headers = parts.headers;
+    let status = parts.status;
+    let mut keep_alive = reply.keep_alive && !has_token(&headers, "close");
+
+    headers.remove(TRANSFER_ENCODING);
+    let bodyless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = if bodyless {
+        if status != StatusCode::NOT_MODIFIED {
+            headers.remove(CONTENT_LENGTH);
+        }
+        Framing::None
+    } else if let Some(declared) = headers.get(CONTENT_LENGTH) {
+        match parse_length(declared) {
+            Some(length) => Framing::Length(length),
+            // A handler's own malformed length: a body that ends with the
+            // connection cannot be misread.
+            None => {
+                headers.remove(CONTENT_LENGTH);
+                keep_alive = false;
+                Framing::UntilClose
+            }
+        }
+    } else if reply.is_head && body.is_end_stream() {
+        // An empty body says nothing of the length a GET would get.
+        Framing::None
+    } else if let Some(length) = body.size_hint().exact() {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+        Framing::Length(length)
+    } else if reply.version == Version::HTTP_11 {
+        headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        Framing::Chunked
+    } else {
+        keep_alive = false;
+        Framing::UntilClose
+    };
+    let framing = if reply.is_head {
+        Framing::None
+    } else {
+        framing
+    };
+
+    output.clear();
+    encode_head(output, reply, status, &headers, keep_alive);
+    if framing == Framing::None {
+        // HEAD, 204 and 304 send no body, so it is dropped unread.
+        drop(body);
+        stream.write_all(output).await?;
+        return Ok(keep_alive);
+    }
+
+    let mut written: u64 = 0;
+    loop {
+        // Sends what is buffered before waiting, so that a slow body
+        // does not hold back the head or the chunks before it.
+        let frame = match body.frame().now_or_never() {
+            Some(frame) => frame,
+            None => {
+                if !output.is_empty() {
+                    stream.write_all(output).await?;
+                    output.clear();
+                }
+                body.frame().await
+            }
+        };
+        let data = match frame {
+            None => break,
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                // NOTE: trailers are dropped. hyper sends them when the
+                // request's `TE` lists `trailers`.
+                Err(_) => continue,
+            },
+            Some(Err(error)) => {
+                // Closing without the rest shows the client that the body
+                // is incomplete, whatever its framing.
+                debug!(error = %error, "response body failed; closing the connection");
+                return Ok(false);
+            }
+        };
+        if data.is_empty() {
+            continue;
+        }
+        written += data.len() as u64;
+        if let Framing::Length(length) = framing {
+            if written > length {
+                debug!(
+                    declared = length,
+                    "response body longer than its Content-Length; closing the connection"
+                );
+                return Ok(false);
+            }
+        }
+        let suffix: &[u8] = if framing == Framing::Chunked {
+            write_chunk_size(output, data.len());
+            b"\r\n"
+        } else {
+            b""
+        };
+        if data.len() <= COALESCE_LIMIT {
+            output.extend_from_slice(&data);
+            output.extend_from_slice(suffix);
+        } else {
+            write_both(stream, output, &data).await?;
+            output.clear();
+            output.extend_from_slice(suffix);
+        }
+    }
+    match framing {
+        Framing::Chunked => output.extend_from_slice(b"0\r\n\r\n"),
+        Framing::Length(length) if written < length => {
+            debug!(
+                declared = length,
+                written, "response body shorter than its Content-Length; closing the connection"
+            );
+            keep_alive = false;
+        }
+        _ => {}
+    }
+    if !output.is_empty() {
+        stream.write_all(output).await?;
+    }
+    Ok(keep_alive && framing != Framing::UntilClose)
+}
+
+/// Writes `first` then `second`, in one system call where the kernel
+/// takes both.
+async fn write_both<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    first: &[u8],
+    second: &[u8],
+) -> io::Result<()> {
+    let (mut first, mut second) = (first, second);
+    while !first.is_empty() {
+        let slices = [IoSlice::new(first), IoSlice::new(second)];
+        let written = stream.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        if written < first.len() {
+            first = &first[written..];
+        } else {
+            second = &second[written - first.len()..];
+            first = &[];
+        }
+    }
+    stream.write_all(second).await
+}
+
+fn encode_head(
+    output: &mut Vec<u8>,
+    reply: Reply,
+    status: StatusCode,
+    headers: &HeaderMap,
+    keep_alive: bool,
+) {
+    output.extend_from_slice(match reply.version {
+        Version::HTTP_10 => b"HTTP/1.0 ",
+        _ => b"HTTP/1.1 ",
+    });
+    output.extend_from_slice(status.as_str().as_bytes());
+    output.push(b' ');
+    output.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+    output.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        output.extend_from_slice(name.as_str().as_bytes());
+        output.extend_from_slice(b": ");
+        output.extend_from_slice(value.as_bytes());
+        output.extend_from_slice(b"\r\n");
+    }
+    if !headers.contains_key(DATE) {
+        output.extend_from_slice(b"date: ");
+        DATE_CACHE.with(|cache| output.extend_from_slice(&cache.now()));
+        output.extend_from_slice(b"\r\n");
+    }
+    if !headers.contains_key(CONNECTION) {
+        if !keep_alive {
+            output.extend_from_slice(b"connection: close\r\n");
+        } else if reply.version == Version::HTTP_10 {
+            output.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+    }
+    output.extend_from_slice(b"\r\n");
+}
+
+fn write_chunk_size(output: &mut Vec<u8>, size: usize) {
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+    let mut digits = [0u8; 16];
+    let mut at = digits.len();
+    let mut rest = size;
+    loop {
+        at -= 1;
+        digits[at] = DIGITS[rest & 0xf];
+        rest >>= 4;
+        if rest == 0 {
+            break;
+        }
+    }
+    output.extend_from_slice(&digits[at..]);
+    output.extend_from_slice(b"\r\n");
+}
+
+fn parse_length(value: &HeaderValue) -> Option<u64> {
+    let bytes = value.as_bytes();
+    if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+/// Returns whether a `Connection` field lists `token`.
+fn has_token(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(CONNECTION).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|byte| *byte == b',')
+            .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+thread_local! {
+    static DATE_CACHE: DateCache = const { DateCache::new() };
+}
+
+/// The `Date` value of the current second, formatted once per second on
+/// each thread.
+struct DateCache {
+    second: std::cell::Cell<u64>,
+    text: std::cell::Cell<[u8; 29]>,
+}
+
+impl DateCache {
+    const fn new() -> DateCache {
+        DateCache {
+            second: std::cell::Cell::new(u64::MAX),
+            text: std::cell::Cell::new([0; 29]),
+        }
+    }
+
+    fn now(&self) -> [u8; 29] {
+        let now = SystemTime::now();
+        let second = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        if second != self.second.get() {
+            let formatted = httpdate::fmt_http_date(now);
+            let mut text = [0u8; 29];
+            if formatted.len() == text.len() {
+                text.copy_from_slice(formatted.as_bytes());
+            }
+            self.text.set(text);
+            self.second.set(second);
+        }
+        self.text.get()
+    }
+}
+
+/// A stream that first yields bytes already read from it, so hyper can
+/// take over a connection in the middle of its input.
+pub struct Rewind<S> {
+    read: Bytes,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    pub fn new(read: Bytes, inner: S) -> Rewind<S> {
+        Rewind { read, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.read.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let count = self.read.len().min(buf.remaining());
+        buf.put_slice(&self.read[..count]);
+        self.read.advance(count);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+    use http_body_util::{Empty, Full, StreamBody};
+    use hyper::body::Incoming;
+    use hyper_util::rt::TokioIo;
+    use tokio::io::AsyncReadExt;
+
+    fn parsed(text: &[u8]) -> Parsed {
+        parse(&Bytes::copy_from_slice(text))
+    }
+
+    fn request(text: &[u8]) -> (Request<RequestBody>, usize, bool) {
+        match parsed(text) {
+            Parsed::Request {
+                request,
+                length,
+                keep_alive,
+            } => (request, length, keep_alive),
+            Parsed::Partial => panic!("partial: {:?}", String::from_utf8_lossy(text)),
+            Parsed::Other => panic!("left to hyper: {:?}", String::from_utf8_lossy(text)),
+        }
+    }
+
+    #[test]
+    fn plain_get_parsed_with_its_fields() {
+        let text = b"GET /showcase/2025/?x=1 HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\nX-Two: a\r\nX-Two: b\r\n\r\nGET /next";
+        let (request, length, keep_alive) = request(text);
+        assert_eq!(length, text.len() - b"GET /next".len());
+        assert!(keep_alive);
+        assert_eq!(request.method(), Method::GET);
+        assert_eq!(request.uri(), "/showcase/2025/?x=1");
+        assert_eq!(request.version(), Version::HTTP_11);
+        assert_eq!(request.headers()["host"], "localhost");
+        let twos: Vec<_> = request.headers().get_all("x-two").iter().collect();
+        assert_eq!(twos, ["a", "b"]);
+        assert!(request.body().is_end_stream());
+    }
+
+    #[test]
+    fn keep_alive_follows_version_and_connection() {
+        let cases: [(&[u8], bool); 5] = [
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", true),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive, CLOSE\r\n\r\n",
+                false,
+            ),
+            (b"GET / HTTP/1.0\r\n\r\n", false),
+            (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", true),
+            (
+                b"GET / HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n",
+                false,
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(
+                request(text).2,
+                expected,
+                "{:?}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
+
+    #[test]
+    fn bodies_upgrades_and_bad_heads_left_to_hyper() {
+        let cases: [&[u8]; 9] = [
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+            b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n",
+            b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+        ];
+        for text in cases {
+            assert!(
+                matches!(parsed(text), Parsed::Other),
+                "{:?}",
+                String::from_utf8_lossy(text)
+            );
+        }
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect();
+        let text = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert!(matches!(parsed(text.as_bytes()), Parsed::Other));
+        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_TARGET_LENGTH));
+        assert!(matches!(parsed(long.as_bytes()), Parsed::Other));
+    }
+
+    #[test]
+    fn unfinished_head_is_partial() {
+        for text in [
+            &b"G"[..],
+            b"GET / HTTP/1.1\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n",
+        ] {
+            assert!(matches!(parsed(text), Parsed::Partial));
+        }
+    }
+
+    /// Returns the request head that hyper's own HTTP/1 server reads from
+    /// `bytes`, or `None` when it rejects them.
+    async fn hyper_reads(bytes: &[u8]) -> Option<http::request::Parts> {
+        let (mut client, server) = tokio::io::duplex(1 << 17);
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let sender = Mutex::new(Some(sender));
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            if let Some(sender) = sender.lock().unwrap().take() {
+                let _ = sender.send(request.into_parts().0);
+            }
+            async { Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())) }
+        });
+        let connection = tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(server), service),
+        );
+        client.write_all(bytes).await.unwrap();
+        let parts = tokio::time::timeout(Duration::from_secs(5), receiver).await;
+        connection.abort();
+        parts.ok()?.ok()
+    }
+
+    /// Every head the lean parser accepts, hyper accepts too, and reads
+    /// alike: mutations of real heads, compared one by one.
+    #[tokio::test]
+    async fn mutated_heads_read_as_hyper_reads() {
+        let seeds: [&[u8]; 5] = [
+            b"GET /showcase/2025/boston/?page=2 HTTP/1.1\r\nHost: localhost:9999\r\nAccept: text/html\r\nCookie: a=b; c=d\r\n\r\n",
+            b"GET http://localhost/showcase/ HTTP/1.1\r\nHost: localhost\r\nUser-Agent: Mozilla/5.0 (X11)\r\n\r\n",
+            b"HEAD /up HTTP/1.0\r\nConnection: keep-alive\r\nX-Empty:\r\n\r\n",
+            b"DELETE /a%20b/%E2%82%AC HTTP/1.1\r\nHost: [::1]:3000\r\nX-Tab: a\tb\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: a\r\nAccept-Language: en;q=0.9\r\n\r\n",
+        ];
+        let alphabet = b" \t\r\n:/?#%@[]\0\x01\x7f\x80\xff\"'<>{}|\\^`~aZ09-_.,;=+*&";
+        let mut random = fastrand::Rng::with_seed(8);
+        let mut accepted = 0;
+        for round in 0..3000 {
+            let mut text = seeds[round % seeds.len()].to_vec();
+            for _ in 0..random.usize(1..4) {
+                let at = random.usize(..text.len());
+                match random.u8(..3) {
+                    0 => text.insert(at, alphabet[random.usize(..alphabet.len())]),
+                    1 => {
+                        text.remove(at);
+                    }
+                    _ => text[at] = alphabet[random.usize(..alphabet.len())],
+                }
+            }
+            let Parsed::Request {
+                request, length, ..
+            } = parsed(&text)
+            else {
+                continue;
+            };
+            accepted += 1;
+            let shown = String::from_utf8_lossy(&text[..length]).into_owned();
+            let theirs = hyper_reads(&text[..length])
+                .await
+                .unwrap_or_else(|| panic!("hyper refuses what the lean parser accepts: {shown:?}"));
+            assert_eq!(request.method(), theirs.method, "{shown:?}");
+            assert_eq!(request.uri(), &theirs.uri, "{shown:?}");
+            assert_eq!(request.version(), theirs.version, "{shown:?}");
+            assert_eq!(request.headers(), &theirs.headers, "{shown:?}");
+        }
+        // Enough mutations must parse for the comparison to mean anything.
+        assert!(accepted > 500, "only {accepted} mutated heads parsed");
+    }
+
+    async fn written(response: Response<Body>, reply: Reply) -> (String, bool) {
+        let (mut ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let mut output = Vec::new();
+        let keep_alive = write_response(&mut ours, &mut output, response, reply)
+            .await
+            .unwrap();
+        drop(ours);
+        let mut text = Vec::new();
+        theirs.read_to_end(&mut text).await.unwrap();
+        (String::from_utf8(text).unwrap(), keep_alive)
+    }
+
+    const GET_11: Reply = Reply {
+        version: Version::HTTP_11,
+        is_head: false,
+        keep_alive: true,
+    };
+
+    /// Drops the `date` line, which changes every second.
+    fn without_date(text: &str) -> String {
+        text.split("\r\n")
+            .filter(|line| !line.starts_with("date: "))
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    }
+
+    fn streamed(chunks: &[&'static str]) -> Body {
+        let frames = chunks.iter().map(|chunk| {
+            Ok::<_, crate::body::BoxError>(http_body::Frame::data(Bytes::from(*chunk)))
+        });
+        StreamBody::new(futures_util::stream::iter(frames.collect::<Vec<_>>())).boxed()
+    }
+
+    #[tokio::test]
+    async fn known_length_written_with_content_length() {
+        let (text, keep_alive) = written(Response::new(crate::body::full("hello")), GET_11).await;
+        assert!(text.contains("\r\ndate: "), "{text}");
+        assert_eq!(
+            without_date(&text),
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"
+        );
+        assert!(keep_alive);
+    }
+
+    #[tokio::test]
+    async fn unknown_length_chunked_or_until_close() {
+        let response = Response::new(streamed(&["ab", "", "cdefghijklmnopq"]));
+        let (text, keep_alive) = written(response, GET_11).await;
+        assert_eq!(
+            without_date(&text),
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\nF\r\ncdefghijklmnopq\r\n0\r\n\r\n"
+        );
+        assert!(keep_alive);
+
+        let reply = Reply {
+            version: Version::HTTP_10,
+            ..GET_11
+        };
+        let (text, keep_alive) = written(Response::new(streamed(&["ab", "cd"])), reply).await;
+        assert_eq!(
+            without_date(&text),
+            "HTTP/1.0 200 OK\r\nconnection: close\r\n\r\nabcd"
+        );
+        assert!(!keep_alive);
+    }
+
+    #[tokio::test]
+    async fn head_and_bodyless_statuses_send_no_body() {
+        let reply = Reply {
+            is_head: true,
+            ..GET_11
+        };
+        let (text, _) = written(Response::new(crate::body::full("hello")), reply).await;
+        assert_eq!(
+            without_date(&text),
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"
+        );
+
+        let (text, _) = written(Response::new(crate::body::empty()), reply).await;
+        assert_eq!(without_date(&text), "HTTP/1.1 200 OK\r\n\r\n");
+
+        let mut response = Response::new(crate::body::empty());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        response
+            .headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let (text, keep_alive) = written(response, GET_11).await;
+        assert_eq!(without_date(&text), "HTTP/1.1 204 No Content\r\n\r\n");
+        assert!(keep_alive);
+    }
+
+    #[tokio::test]
+    async fn short_body_for_its_length_ends_the_connection() {
+        let mut response = Response::new(streamed(&["abc"]));
+        response
+            .headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from_static("10"));
+        let (text, keep_alive) = written(response, GET_11).await;
+        assert!(text.ends_with("\r\n\r\nabc"), "{text}");
+        assert!(!keep_alive);
+    }
+
+    #[tokio::test]
+    async fn large_frames_written_after_the_head() {
+        let big = "x".repeat(COALESCE_LIMIT * 3);
+        let body = Full::new(Bytes::from(big.clone()))
+            .map_err(|never| match never {})
+            .boxed();
+        let (text, _) = written(Response::new(body), GET_11).await;
+        let expected = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{big}",
+            big.len()
+        );
+        assert_eq!(without_date(&text), expected);
+    }
+
+    #[tokio::test]
+    async fn rewind_yields_the_read_bytes_first() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b" world").await.unwrap();
+        drop(client);
+        let mut rewound = Rewind::new(Bytes::from_static(b"hello"), server);
+        let mut text = String::new();
+        rewound.read_to_string(&mut text).await.unwrap();
+        assert_eq!(text, "hello world");
+    }
+}
