@@ -11,7 +11,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::body::RequestBody;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION};
 use http::request::Parts;
@@ -26,7 +25,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::access_log::Answer;
 use crate::app::App;
-use crate::body::{Body, BoxError};
+use crate::body::{Body, BoxError, RequestBody};
 use crate::compile::Snapshot;
 use crate::config::schema::CgiScript;
 use crate::pipeline::RequestContext;

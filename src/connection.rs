@@ -64,7 +64,7 @@ impl Activity {
     pub fn request_started(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.served.store(true, Ordering::Release);
-        InFlight(self.clone())
+        InFlight(Some(self.clone()))
     }
 
     /// Time since the last traffic, or `None` while a request is in flight.
@@ -79,12 +79,22 @@ impl Activity {
 
 /// A request in flight on a connection.
 #[derive(Debug)]
-pub struct InFlight(Arc<Activity>);
+pub struct InFlight(Option<Arc<Activity>>);
+
+impl InFlight {
+    /// A request on a connection whose server bounds idleness itself,
+    /// with no [`watch_idle`] to tell.
+    pub fn untracked() -> InFlight {
+        InFlight(None)
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(activity) = &self.0 {
+            activity.touch();
+            activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 

@@ -34,7 +34,7 @@ use tracing::debug;
 
 use crate::app::App;
 use crate::body::{Body, RequestBody};
-use crate::connection::Activity;
+use crate::connection::InFlight;
 use crate::pipeline::{self, Connection};
 
 /// Maximum number of header fields in one request. hyper responds 431 to
@@ -79,9 +79,14 @@ pub async fn serve(
     app: &Arc<App>,
     connection: Connection,
     limits: Limits,
-    closing: &mut watch::Receiver<bool>,
-    activity: &Arc<Activity>,
+    closing: &watch::Receiver<bool>,
 ) -> Ending {
+    // One wait for shutdown serves every idle spell of the connection:
+    // made anew for each, it would register with the channel each time.
+    let mut signal = closing.clone();
+    let mut shutdown = std::pin::pin!(async move {
+        let _ = signal.wait_for(|closing| *closing).await;
+    });
     let mut input = BytesMut::new();
     let mut output = Vec::new();
     let mut timer: Option<Pin<Box<Sleep>>> = None;
@@ -108,8 +113,13 @@ pub async fn serve(
                         break (request, keep_alive);
                     }
                     Parsed::Partial if bytes.len() < limits.max_header_bytes => {
-                        input = BytesMut::with_capacity(bytes.len() + READ_RESERVE);
-                        input.extend_from_slice(&bytes);
+                        // Once the empty rest lets go of the buffer, the
+                        // bytes own it alone and become the buffer again
+                        // without a copy.
+                        drop(std::mem::take(&mut input));
+                        input = bytes
+                            .try_into_mut()
+                            .unwrap_or_else(|bytes| BytesMut::from(&bytes[..]));
                     }
                     Parsed::Partial | Parsed::Other => return Ending::HandOver(bytes),
                 }
@@ -125,7 +135,7 @@ pub async fn serve(
                 &mut timer,
                 &mut deadline,
                 limit,
-                closing,
+                shutdown.as_mut(),
             )
             .await
             {
@@ -136,7 +146,8 @@ pub async fn serve(
 
         let is_head = request.method() == Method::HEAD;
         let version = request.version();
-        let in_flight = activity.request_started();
+        // This server bounds idleness itself, between requests.
+        let in_flight = InFlight::untracked();
         // Boxed, as in the hyper service of server.rs: an idle connection
         // keeps a pointer instead of the whole pipeline's state.
         let mut pipeline = Box::pin(pipeline::handle(
@@ -155,6 +166,9 @@ pub async fn serve(
                 biased;
                 response = &mut pipeline => break response,
                 peeked = stream.peek(&mut probe), if watching => match peeked {
+                    // A client that sent more requests before closing its
+                    // side still expects the responses to those.
+                    Ok(0) if !input.is_empty() => watching = false,
                     Ok(0) | Err(_) => {
                         debug!(peer = %connection.peer, "client closed the connection before its response");
                         return Ending::Closed;
@@ -164,10 +178,12 @@ pub async fn serve(
                 },
             }
         };
+        // Once shutdown has begun, this response is the last, and says so
+        // with `connection: close`.
         let reply = Reply {
             version,
             is_head,
-            keep_alive,
+            keep_alive: keep_alive && !*closing.borrow(),
         };
         match write_response(stream, &mut output, response, reply).await {
             Ok(true) => {}
@@ -196,13 +212,13 @@ enum Read {
 /// Reads what the socket has; when it has nothing, waits for more until
 /// `deadline` (set to `limit` from now on the first wait). While no byte
 /// of a request has arrived, shutdown ends the wait too.
-async fn read(
+async fn read<S: Future<Output = ()>>(
     stream: &mut TcpStream,
     input: &mut BytesMut,
     timer: &mut Option<Pin<Box<Sleep>>>,
     deadline: &mut Option<Instant>,
     limit: Duration,
-    closing: &mut watch::Receiver<bool>,
+    shutdown: Pin<&mut S>,
 ) -> Read {
     input.reserve(READ_RESERVE);
     // A read that fills less than the buffer marks the socket drained, so
@@ -226,7 +242,7 @@ async fn read(
                 biased;
                 read = stream.read_buf(input) => read,
                 _ = sleep.as_mut() => return Read::Closed,
-                _ = closing.wait_for(|closing| *closing), if idle => return Read::Closed,
+                _ = shutdown, if idle => return Read::Closed,
             }
         }
     };
@@ -430,9 +446,11 @@ async fn write_response<W: AsyncWrite + Unpin>(
                 Err(_) => continue,
             },
             Some(Err(error)) => {
-                // Closing without the rest shows the client that the body
-                // is incomplete, whatever its framing.
+                // What is buffered goes out, then closing without the rest
+                // shows the client that the body is incomplete, whatever
+                // its framing.
                 debug!(error = %error, "response body failed; closing the connection");
+                stream.write_all(output).await?;
                 return Ok(false);
             }
         };
@@ -446,6 +464,7 @@ async fn write_response<W: AsyncWrite + Unpin>(
                     declared = length,
                     "response body longer than its Content-Length; closing the connection"
                 );
+                stream.write_all(output).await?;
                 return Ok(false);
             }
         }
@@ -458,6 +477,12 @@ async fn write_response<W: AsyncWrite + Unpin>(
         if data.len() <= COALESCE_LIMIT {
             output.extend_from_slice(&data);
             output.extend_from_slice(suffix);
+            // A body that is always ready (a fast upstream, a slow client)
+            // must wait in the socket, not pile up here.
+            if output.len() >= COALESCE_LIMIT {
+                stream.write_all(output).await?;
+                output.clear();
+            }
         } else {
             write_both(stream, output, &data).await?;
             output.clear();
@@ -962,6 +987,34 @@ mod tests {
             big.len()
         );
         assert_eq!(without_date(&text), expected);
+    }
+
+    /// A body whose frames are always ready (a fast upstream) goes out as
+    /// it comes: the buffer stays small while the client reads slowly.
+    #[tokio::test]
+    async fn ready_body_not_buffered_whole() {
+        let chunk = Bytes::from(vec![b'x'; 8192]);
+        let frames: Vec<_> = (0..200)
+            .map(|_| Ok::<_, crate::body::BoxError>(http_body::Frame::data(chunk.clone())))
+            .collect();
+        let body = StreamBody::new(futures_util::stream::iter(frames)).boxed();
+        let (mut ours, mut theirs) = tokio::io::duplex(64 * 1024);
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            theirs.read_to_end(&mut all).await.unwrap();
+            all.len()
+        });
+        let mut output = Vec::new();
+        write_response(&mut ours, &mut output, Response::new(body), GET_11)
+            .await
+            .unwrap();
+        drop(ours);
+        assert!(reader.await.unwrap() > 200 * 8192);
+        assert!(
+            output.capacity() <= 4 * COALESCE_LIMIT,
+            "{}",
+            output.capacity()
+        );
     }
 
     #[tokio::test]

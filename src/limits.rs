@@ -17,14 +17,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
-use crate::body::RequestBody;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::{Extensions, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 
-use crate::body::{Body, BoxError};
+use crate::body::{Body, BoxError, RequestBody};
 
 /// Reasons to reject a request head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::body::RequestBody;
 use bytes::Bytes;
 use http::header::{HOST, REFERER, USER_AGENT};
 use http::uri::{InvalidUri, PathAndQuery};
@@ -21,7 +20,7 @@ use tracing::{debug, warn};
 use crate::access_log::{self, AccessRecord, Answer};
 use crate::app::App;
 use crate::auth::{self, Decision};
-use crate::body::{self, Body};
+use crate::body::{self, Body, RequestBody};
 use crate::bots;
 use crate::canonical;
 use crate::cgi;

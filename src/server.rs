@@ -342,17 +342,9 @@ impl Accepted {
     /// requests it can, and hyper the rest of the connection after the
     /// first one it cannot.
     async fn serve_plain(self, mut stream: TcpStream) {
-        let mut closing = self.guard.0.closing.subscribe();
-        let activity = connection::Activity::new();
-        let ending = lean::serve(
-            &mut stream,
-            &self.app,
-            self.connection,
-            self.lean,
-            &mut closing,
-            &activity,
-        )
-        .await;
+        let closing = self.guard.0.closing.subscribe();
+        let ending =
+            lean::serve(&mut stream, &self.app, self.connection, self.lean, &closing).await;
         if let lean::Ending::HandOver(read) = ending {
             self.serve_http1(lean::Rewind::new(read, stream)).await;
         }

@@ -372,23 +372,28 @@ fn foreign_live_pidfile_not_signalled() {
 
 #[test]
 fn shutdown_lets_requests_in_flight_finish() {
+    use std::io::{Read, Write};
     let mut navigator = start_showcase(&Showcase::default());
     let scope = event_scope(11);
     json_get(&navigator, &format!("/showcase/{scope}/"));
-    let address = navigator.address;
-    let slow = std::thread::spawn(move || {
-        support::http_request(
-            address,
-            "GET",
-            &format!("/showcase/{scope}/slow?ms=1500"),
-            &[],
-            b"",
-        )
-    });
+    // A keep-alive request: its response, the last on the connection,
+    // must say so.
+    let mut stream = std::net::TcpStream::connect(navigator.address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /showcase/{scope}/slow?ms=1500 HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(navigator.stop(), Some(0));
-    let response = slow.join().unwrap();
-    assert_eq!(response.status, 200);
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let response = String::from_utf8_lossy(&response).to_lowercase();
+    assert!(response.starts_with("http/1.1 200 "), "{response}");
+    assert!(response.contains("\r\nconnection: close\r\n"), "{response}");
 }
 
 #[test]

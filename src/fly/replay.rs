@@ -13,7 +13,6 @@
 //!   from another navigator) and matches a rule again gets the maintenance
 //!   page instead of a second replay.
 
-use crate::body::RequestBody;
 use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
@@ -24,7 +23,7 @@ use tracing::{debug, warn};
 use super::{FlyEnvironment, FlyRoutes};
 use crate::access_log::Answer;
 use crate::app::App;
-use crate::body::{self, Body};
+use crate::body::{self, Body, RequestBody};
 use crate::compile::rules::{ReplayRule, ReplayTarget};
 use crate::pipeline::{self, RequestContext};
 use crate::proxy::{

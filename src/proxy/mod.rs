@@ -12,7 +12,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::body::RequestBody;
 use bytes::Bytes;
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -25,7 +24,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tracing::{debug, warn};
 
-use crate::body::{Body, BoxError};
+use crate::body::{Body, BoxError, RequestBody};
 pub use headers::Forwarding;
 
 /// The upstream client: a pool of connections that the requests drive

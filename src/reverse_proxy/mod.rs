@@ -14,7 +14,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::body::RequestBody;
 use http::header::HOST;
 use http::uri::Authority;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
@@ -31,7 +30,7 @@ use rustls_pki_types::pem::PemObject;
 use tracing::{debug, warn};
 
 use crate::access_log::Answer;
-use crate::body::{self, Body, BoxError};
+use crate::body::{self, Body, BoxError, RequestBody};
 use crate::compile::rules::{ProxyMatch, ProxyRoute};
 use crate::limits;
 use crate::pipeline::{RequestContext, encode_path};
