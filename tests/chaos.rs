@@ -100,7 +100,14 @@ fn chaos_spares_healthy_tenants() {
     let baseline_rss = rss_kib(pid).expect("navigator's VmRSS");
 
     let samples = Mutex::new(Vec::<Sample>::new());
-    let children = Mutex::new(BTreeSet::<u32>::new());
+    // The children running now are known before the load starts: the
+    // first `/crash` may end one before the sampler below first looks.
+    let children = Mutex::new(
+        children_of(pid)
+            .iter()
+            .map(|child| child.pid)
+            .collect::<BTreeSet<u32>>(),
+    );
     let max_rss = AtomicU64::new(baseline_rss);
     let load_over = AtomicBool::new(false);
     let started = Instant::now();
