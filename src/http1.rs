@@ -36,6 +36,7 @@ use crate::app::App;
 use crate::body::{Body, RequestBody};
 use crate::connection::InFlight;
 use crate::pipeline::{self, Connection};
+use crate::proxy::headers;
 
 /// Maximum number of header fields in one request. hyper responds 431 to
 /// more.
@@ -141,6 +142,10 @@ pub async fn serve(
             {
                 Read::Data => {}
                 Read::Closed => return Ending::Closed,
+                Read::Failed(error) => {
+                    debug!(peer = %connection.peer, error = %error, "reading a request failed");
+                    return Ending::Closed;
+                }
             }
         };
 
@@ -169,8 +174,12 @@ pub async fn serve(
                     // A client that sent more requests before closing its
                     // side still expects the responses to those.
                     Ok(0) if !input.is_empty() => watching = false,
-                    Ok(0) | Err(_) => {
+                    Ok(0) => {
                         debug!(peer = %connection.peer, "client closed the connection before its response");
+                        return Ending::Closed;
+                    }
+                    Err(error) => {
+                        debug!(peer = %connection.peer, error = %error, "connection failed before its response");
                         return Ending::Closed;
                     }
                     // The next request, pipelined: it waits its turn.
@@ -178,8 +187,8 @@ pub async fn serve(
                 },
             }
         };
-        // Once shutdown has begun, this response is the last, and says so
-        // with `connection: close`.
+        // Once shutdown has begun, this response is the last one, so it
+        // carries `connection: close`.
         let reply = Reply {
             version,
             is_head,
@@ -205,8 +214,9 @@ pub async fn serve(
 /// The result of one read.
 enum Read {
     Data,
-    /// End of stream, an error, the deadline, or shutdown.
+    /// End of stream, the deadline, or shutdown.
     Closed,
+    Failed(io::Error),
 }
 
 /// Reads what the socket has; when it has nothing, waits for more until
@@ -247,8 +257,9 @@ async fn read<S: Future<Output = ()>>(
         }
     };
     match read {
-        Ok(0) | Err(_) => Read::Closed,
+        Ok(0) => Read::Closed,
         Ok(_) => Read::Data,
+        Err(error) => Read::Failed(error),
     }
 }
 
@@ -277,6 +288,7 @@ fn parse(bytes: &Bytes) -> Parsed {
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Other,
     };
+
     let (Some(method), Some(target), Some(minor)) = (parsed.method, parsed.path, parsed.version)
     else {
         return Parsed::Other;
@@ -286,12 +298,14 @@ fn parse(bytes: &Bytes) -> Parsed {
         1 => Version::HTTP_11,
         _ => return Parsed::Other,
     };
+
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Parsed::Other;
     };
     if method == Method::CONNECT {
         return Parsed::Other;
     }
+
     // hyper responds 414 to a longer target.
     if target.len() > MAX_TARGET_LENGTH {
         return Parsed::Other;
@@ -299,8 +313,7 @@ fn parse(bytes: &Bytes) -> Parsed {
     let Ok(uri) = Uri::from_maybe_shared(bytes.slice_ref(target.as_bytes())) else {
         return Parsed::Other;
     };
-    let mut close = false;
-    let mut keep_alive_token = false;
+
     let mut headers = HeaderMap::with_capacity(parsed.headers.len());
     for field in parsed.headers.iter() {
         let name = field.name.as_bytes();
@@ -312,13 +325,6 @@ fn parse(bytes: &Bytes) -> Parsed {
         {
             return Parsed::Other;
         }
-        if name.eq_ignore_ascii_case(b"connection") {
-            for token in field.value.split(|byte| *byte == b',') {
-                let token = token.trim_ascii();
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
-        }
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name),
             HeaderValue::from_maybe_shared(bytes.slice_ref(field.value)),
@@ -327,10 +333,8 @@ fn parse(bytes: &Bytes) -> Parsed {
         };
         headers.append(name, value);
     }
-    let keep_alive = match version {
-        Version::HTTP_10 => keep_alive_token && !close,
-        _ => !close,
-    };
+    let keep_alive = headers::keeps_alive(version, &headers);
+
     let mut request = Request::new(RequestBody::Empty);
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -373,7 +377,7 @@ async fn write_response<W: AsyncWrite + Unpin>(
     let (parts, mut body) = response.into_parts();
     let mut headers = parts.headers;
     let status = parts.status;
-    let mut keep_alive = reply.keep_alive && !has_token(&headers, "close");
+    let mut keep_alive = reply.keep_alive && !headers::connection_has_token(&headers, "close");
 
     headers.remove(TRANSFER_ENCODING);
     let bodyless = status.is_informational()
@@ -396,7 +400,8 @@ async fn write_response<W: AsyncWrite + Unpin>(
             }
         }
     } else if reply.is_head && body.is_end_stream() {
-        // An empty body says nothing of the length a GET would get.
+        // An empty body does not show the length of the GET response, so
+        // no length is sent.
         Framing::None
     } else if let Some(length) = body.size_hint().exact() {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
@@ -589,16 +594,6 @@ fn parse_length(value: &HeaderValue) -> Option<u64> {
         return None;
     }
     std::str::from_utf8(bytes).ok()?.parse().ok()
-}
-
-/// Returns whether a `Connection` field lists `token`.
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers.get_all(CONNECTION).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|byte| *byte == b',')
-            .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
 }
 
 thread_local! {
@@ -860,14 +855,14 @@ mod tests {
                 continue;
             };
             accepted += 1;
-            let shown = String::from_utf8_lossy(&text[..length]).into_owned();
-            let theirs = hyper_reads(&text[..length])
-                .await
-                .unwrap_or_else(|| panic!("hyper refuses what the lean parser accepts: {shown:?}"));
-            assert_eq!(request.method(), theirs.method, "{shown:?}");
-            assert_eq!(request.uri(), &theirs.uri, "{shown:?}");
-            assert_eq!(request.version(), theirs.version, "{shown:?}");
-            assert_eq!(request.headers(), &theirs.headers, "{shown:?}");
+            let head_text = String::from_utf8_lossy(&text[..length]).into_owned();
+            let theirs = hyper_reads(&text[..length]).await.unwrap_or_else(|| {
+                panic!("hyper rejects what the lean parser accepts: {head_text:?}")
+            });
+            assert_eq!(request.method(), theirs.method, "{head_text:?}");
+            assert_eq!(request.uri(), &theirs.uri, "{head_text:?}");
+            assert_eq!(request.version(), theirs.version, "{head_text:?}");
+            assert_eq!(request.headers(), &theirs.headers, "{head_text:?}");
         }
         // Enough mutations must parse for the comparison to mean anything.
         assert!(accepted > 500, "only {accepted} mutated heads parsed");

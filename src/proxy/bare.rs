@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -278,25 +278,6 @@ fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<F
     Ok(length.map_or(Framing::UntilClose, Framing::Length))
 }
 
-/// Returns whether the connection may carry another request after this
-/// response.
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let mut close = false;
-    let mut keep_alive = false;
-    for value in headers.get_all(CONNECTION) {
-        for token in value.as_bytes().split(|&byte| byte == b',') {
-            let token = token.trim_ascii();
-            close |= token.eq_ignore_ascii_case(b"close");
-            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-        }
-    }
-    if version == Version::HTTP_10 {
-        keep_alive && !close
-    } else {
-        !close
-    }
-}
-
 /// Decides how the body of the response to a `method` request is framed
 /// and whether the connection may carry another request afterwards. A
 /// Content-Length next to Transfer-Encoding is removed: the coding frames
@@ -308,7 +289,7 @@ fn frame(method: &Method, head: &mut Head) -> Result<(Framing, bool), String> {
         && head.headers.remove(CONTENT_LENGTH).is_some();
     // Both headers: a message another intermediary may have read with
     // the other framing, so the connection is not trusted further.
-    let reusable = keeps_alive(head.version, &head.headers)
+    let reusable = super::headers::keeps_alive(head.version, &head.headers)
         && framing != Framing::UntilClose
         && head.status != StatusCode::SWITCHING_PROTOCOLS
         && !both;

@@ -7,7 +7,7 @@ use http::header::{
     CONNECTION, FORWARDED, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
     TRANSFER_ENCODING, UPGRADE,
 };
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, Version};
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -74,13 +74,34 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
     upgrade && connection_has_token(headers, "upgrade")
 }
 
-fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
+/// Returns whether a `Connection` field lists `token`.
+pub fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Returns whether the connection may carry another message after the one
+/// with these `headers` (RFC 9112 §9.3): on HTTP/1.1 unless `Connection`
+/// lists `close`, on HTTP/1.0 only if it lists `keep-alive`.
+pub fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    let mut close = false;
+    let mut keep_alive = false;
+    for value in headers.get_all(CONNECTION) {
+        for token in value.as_bytes().split(|&byte| byte == b',') {
+            let token = token.trim_ascii();
+            close |= token.eq_ignore_ascii_case(b"close");
+            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+    if version == Version::HTTP_10 {
+        keep_alive && !close
+    } else {
+        !close
+    }
 }
 
 /// Removes hop-by-hop headers and every header named in `Connection`.
