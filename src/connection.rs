@@ -82,8 +82,8 @@ impl Activity {
 pub struct InFlight(Option<Arc<Activity>>);
 
 impl InFlight {
-    /// A request on a connection whose server bounds idleness itself,
-    /// with no [`watch_idle`] to tell.
+    /// Returns a guard for a request on a connection whose server bounds
+    /// idleness itself, so no [`watch_idle`] reads it.
     pub fn untracked() -> InFlight {
         InFlight(None)
     }

@@ -156,9 +156,10 @@ pub async fn serve(
     // keep-alive connection, and the idle timeout applies besides.
     let lean = lean::Limits {
         header_read_timeout,
-        keep_alive: match idle_timeout.is_zero() {
-            true => header_read_timeout,
-            false => header_read_timeout.min(idle_timeout),
+        keep_alive: if idle_timeout.is_zero() {
+            header_read_timeout
+        } else {
+            header_read_timeout.min(idle_timeout)
         },
         max_header_bytes,
     };

@@ -665,13 +665,15 @@ fn statuses(bytes: &[u8]) -> Vec<u16> {
 /// first (pipelined, then a head split across writes), until a request
 /// with a body passes the connection to hyper for the rest.
 #[test]
-fn one_connection_passes_from_the_lean_server_to_hyper() {
+fn lean_server_hands_connection_to_hyper() {
     let navigator = start();
     let event = "/showcase/2025/boston/april/";
     let mut stream = TcpStream::connect(navigator.address).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
+
+    // Two pipelined requests, then a head split across two writes.
     let public = "GET /showcase/studios/ HTTP/1.1\r\nHost: localhost\r\n\r\n";
     stream
         .write_all(format!("{public}{public}").as_bytes())
@@ -681,6 +683,9 @@ fn one_connection_passes_from_the_lean_server_to_hyper() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
     stream.write_all(b"st: localhost\r\n\r\n").unwrap();
+
+    // A request with a body passes the connection to hyper, which serves
+    // the last request too.
     let post = format!(
         "POST {event}lean-then-hyper HTTP/1.1\r\nHost: localhost\r\n{AUTH}Content-Length: 5\r\n\r\nhello"
     );
@@ -690,6 +695,7 @@ fn one_connection_passes_from_the_lean_server_to_hyper() {
             b"GET /showcase/studios/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         )
         .unwrap();
+
     let mut response = Vec::new();
     stream
         .read_to_end(&mut response)
@@ -700,6 +706,7 @@ fn one_connection_passes_from_the_lean_server_to_hyper() {
         "{}",
         String::from_utf8_lossy(&response)
     );
+
     let log = std::fs::read_to_string(navigator.path("requests.log")).unwrap_or_default();
     assert!(
         log.lines()

@@ -376,8 +376,8 @@ fn shutdown_lets_requests_in_flight_finish() {
     let mut navigator = start_showcase(&Showcase::default());
     let scope = event_scope(11);
     json_get(&navigator, &format!("/showcase/{scope}/"));
-    // A keep-alive request: its response, the last on the connection,
-    // must say so.
+    // A keep-alive request. Its response is the last on the connection,
+    // so it must carry `connection: close`.
     let mut stream = std::net::TcpStream::connect(navigator.address).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))

@@ -237,7 +237,8 @@ impl PathRules {
     }
 }
 
-/// One automaton over `patterns`, or `None` when there are none.
+/// Compiles `patterns` into one automaton, or returns `None` when there
+/// are none.
 fn regex_set<'a>(patterns: impl ExactSizeIterator<Item = &'a str>) -> Option<RegexSet> {
     if patterns.len() == 0 {
         return None;
