@@ -1,7 +1,7 @@
 //! One access-log record per request, written when the response body has
 //! been sent, or when the client goes away first (status 499).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -100,10 +100,12 @@ pub struct AccessRecord {
     pub request_id: HeaderValue,
     pub user_agent: Option<HeaderValue>,
     pub referer: Option<HeaderValue>,
+    /// A copy rather than a shared reference: counting references to a
+    /// tenant's spec would touch memory that every worker writes.
     pub tenant: Option<String>,
     pub answer: Answer,
     /// The file, upstream or rule that answered.
-    pub target: Option<String>,
+    pub target: Option<Target>,
     /// `None` until a response exists; a record dropped without one is a
     /// client that disconnected while waiting (499).
     pub status: Option<u16>,
@@ -131,9 +133,31 @@ impl Drop for AccessRecord {
             referer = header_text(&self.referer),
             tenant = self.tenant.as_deref().unwrap_or("-"),
             answer = self.answer.as_str(),
-            target = self.target.as_deref().unwrap_or("-"),
+            target = %Shown(&self.target),
             "request"
         );
+    }
+}
+
+/// What answered a request, for the `target` field of its record.
+#[derive(Debug)]
+pub enum Target {
+    /// A file, a location, a rule or a script, as written.
+    Text(String),
+    /// An upstream address, formatted only if the record is written.
+    Upstream(SocketAddr),
+}
+
+/// Formats an optional target, `-` when there is none.
+struct Shown<'a>(&'a Option<Target>);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(Target::Text(text)) => f.write_str(text),
+            Some(Target::Upstream(address)) => address.fmt(f),
+            None => f.write_str("-"),
+        }
     }
 }
 

@@ -69,6 +69,12 @@ impl App {
         self.snapshot.load_full()
     }
 
+    /// The current snapshot, for a look that ends before the next await.
+    /// It is not counted as a reference, which `snapshot` is.
+    pub fn current(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
     /// Makes `snapshot` current for new requests and reconciles tenants.
     pub fn install(&self, snapshot: Arc<Snapshot>) {
         self.supervisor.apply(&snapshot);

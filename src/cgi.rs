@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::access_log::Answer;
+use crate::access_log::{Answer, Target};
 use crate::app::App;
 use crate::body::{Body, BoxError, RequestBody};
 use crate::compile::Snapshot;
@@ -83,13 +83,13 @@ pub fn user_allowed(script: &CgiScript, user: Option<&str>) -> bool {
 /// streams while the script writes it.
 pub async fn serve(
     app: &App,
-    context: &mut RequestContext,
+    context: &mut RequestContext<'_>,
     script: &CgiScript,
     head: Parts,
     body: RequestBody,
 ) -> Response<Body> {
     context.record.answer = Answer::Cgi;
-    context.record.target = Some(script.script.display().to_string());
+    context.record.target = Some(Target::Text(script.script.display().to_string()));
 
     if !user_allowed(script, context.user.as_deref()) {
         warn!(
@@ -232,7 +232,7 @@ fn is_request_variable(name: &str) -> bool {
 /// which win.
 fn environment(
     script: &CgiScript,
-    context: &RequestContext,
+    context: &RequestContext<'_>,
     head: &Parts,
 ) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = std::env::vars()
@@ -247,7 +247,7 @@ fn environment(
 /// extensions `REQUEST_URI`, `SCRIPT_FILENAME`, `REMOTE_PORT` and `HTTPS`.
 fn meta_variables(
     script: &CgiScript,
-    context: &RequestContext,
+    context: &RequestContext<'_>,
     head: &Parts,
 ) -> Vec<(String, String)> {
     let server = &context.snapshot.config.server;

@@ -52,6 +52,9 @@ const READ_RESERVE: usize = 4096;
 /// that both go out in one write.
 const COALESCE_LIMIT: usize = 16 * 1024;
 
+/// Headers that forwarding a request upstream may add.
+const FORWARDING_HEADERS: usize = 4;
+
 /// Limits of one listener, read when it opens.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -84,6 +87,11 @@ pub async fn serve(
 ) -> Ending {
     // One wait for shutdown serves every idle spell of the connection:
     // made anew for each, it would register with the channel each time.
+    // `closing` only ever turns true, so a change means shutdown. Checking
+    // for one reads a counter, where reading the value would take the
+    // channel's lock, which every connection shares.
+    let closed_before = *closing.borrow();
+    let shutting_down = || closed_before || closing.has_changed().unwrap_or(true);
     let mut signal = closing.clone();
     let mut shutdown = std::pin::pin!(async move {
         let _ = signal.wait_for(|closing| *closing).await;
@@ -91,6 +99,9 @@ pub async fn serve(
     let mut input = BytesMut::new();
     let mut output = Vec::new();
     let mut timer: Option<Pin<Box<Sleep>>> = None;
+    // The pipeline's state, a few kilobytes, allocated once for the
+    // connection's first request and reused by the ones after it.
+    let mut pipeline_state = None;
     loop {
         // Read until a whole head is buffered.
         let mut deadline = None;
@@ -153,14 +164,13 @@ pub async fn serve(
         let version = request.version();
         // This server bounds idleness itself, between requests.
         let in_flight = InFlight::untracked();
-        // Boxed, as in the hyper service of server.rs: an idle connection
-        // keeps a pointer instead of the whole pipeline's state.
-        let mut pipeline = Box::pin(pipeline::handle(
-            app.clone(),
-            connection,
-            request,
-            in_flight,
-        ));
+        // Boxed, as in the hyper service of server.rs, so that this
+        // function's own state stays small; the box serves every request
+        // of the connection.
+        let mut pipeline = reuse(
+            &mut pipeline_state,
+            pipeline::handle(app, connection, request, in_flight),
+        );
         // A client that closes its connection abandons its request, as
         // with hyper: the pipeline is dropped, which cancels a queued
         // request and logs it as 499.
@@ -192,7 +202,7 @@ pub async fn serve(
         let reply = Reply {
             version,
             is_head,
-            keep_alive: keep_alive && !*closing.borrow(),
+            keep_alive: keep_alive && !shutting_down(),
         };
         match write_response(stream, &mut output, response, reply).await {
             Ok(true) => {}
@@ -202,12 +212,24 @@ pub async fn serve(
                 return Ending::Closed;
             }
         }
-        if *closing.borrow() {
+        if shutting_down() {
             return Ending::Closed;
         }
         if output.capacity() > COALESCE_LIMIT * 2 {
             output = Vec::new();
         }
+    }
+}
+
+/// Places `future` in `slot`, in the allocation an earlier future of the
+/// same type left there, or a new one.
+fn reuse<F: Future>(slot: &mut Option<Pin<Box<F>>>, future: F) -> Pin<&mut F> {
+    match slot {
+        Some(state) => {
+            state.set(future);
+            state.as_mut()
+        }
+        None => slot.insert(Box::pin(future)).as_mut(),
     }
 }
 
@@ -314,7 +336,10 @@ fn parse(bytes: &Bytes) -> Parsed {
         return Parsed::Other;
     };
 
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    // Room for the headers that forwarding adds (`X-Forwarded-For`,
+    // `-Proto`, `-Host`, `X-Request-Id`), so that adding them does not
+    // grow the map.
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + FORWARDING_HEADERS);
     for field in parsed.headers.iter() {
         let name = field.name.as_bytes();
         // A body, an upgrade or an interim response: hyper's work.

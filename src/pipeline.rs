@@ -17,7 +17,7 @@ use http_body::Body as _;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use tracing::{debug, warn};
 
-use crate::access_log::{self, AccessRecord, Answer};
+use crate::access_log::{self, AccessRecord, Answer, Target};
 use crate::app::App;
 use crate::auth::{self, Decision};
 use crate::body::{self, Body, RequestBody};
@@ -41,9 +41,11 @@ pub struct Connection {
     pub tls: bool,
 }
 
-/// Per-request state shared by the steps.
-pub struct RequestContext {
-    pub snapshot: Arc<Snapshot>,
+/// Per-request state shared by the steps. The snapshot is borrowed from
+/// [`handle`], which holds the request's one reference to it: every
+/// clone would touch a count that all workers share.
+pub struct RequestContext<'a> {
+    pub snapshot: &'a Arc<Snapshot>,
     pub connection: Connection,
     pub request_id: HeaderValue,
     pub record: AccessRecord,
@@ -55,7 +57,7 @@ pub struct RequestContext {
 /// Serves one request: runs the pipeline and attaches the access-log
 /// record to the response body.
 pub async fn handle(
-    app: Arc<App>,
+    app: &App,
     connection: Connection,
     request: Request<RequestBody>,
     in_flight: crate::connection::InFlight,
@@ -64,7 +66,7 @@ pub async fn handle(
 
     // Machine idle: count the request (health checks excepted) until its
     // response body ends; after an idle action, resume first.
-    let activity = fly::idle::track_request(&app, &request).await;
+    let activity = fly::idle::track_request(app, &request).await;
 
     let snapshot = app.snapshot();
     let request_id = request_id(&request);
@@ -85,14 +87,14 @@ pub async fn handle(
         bytes: 0,
     };
     let mut context = RequestContext {
-        snapshot,
+        snapshot: &snapshot,
         connection,
         request_id,
         record,
         user: None,
     };
 
-    let mut response = route(&app, &mut context, request).await;
+    let mut response = route(app, &mut context, request).await;
 
     response
         .headers_mut()
@@ -106,10 +108,10 @@ pub async fn handle(
 /// The pipeline, step by step.
 async fn route(
     app: &App,
-    context: &mut RequestContext,
+    context: &mut RequestContext<'_>,
     request: Request<RequestBody>,
 ) -> Response<Body> {
-    let snapshot = context.snapshot.clone();
+    let snapshot = context.snapshot;
     let (mut head, body) = request.into_parts();
 
     // Before step 0: the head checks that hyper leaves to us (Host rules,
@@ -149,7 +151,7 @@ async fn route(
     // 1. Request id: assigned in `handle`, sent upstream and logged.
 
     // 2. Health check.
-    if let Some(response) = health_check(&snapshot, context, &path) {
+    if let Some(response) = health_check(snapshot, context, &path) {
         return response;
     }
 
@@ -206,7 +208,7 @@ async fn route(
             return auth::challenge(&realm);
         }
         Decision::StaticOnly { realm } => {
-            return static_or_challenge(&snapshot, context, &path, &head, &realm).await;
+            return static_or_challenge(snapshot, context, &path, &head, &realm).await;
         }
     }
 
@@ -218,7 +220,7 @@ async fn route(
     // 5. Cable endpoint.
     if cable.enabled && path == cable.path {
         context.record.answer = Answer::WebSocket;
-        context.record.target = Some("cable".to_string());
+        context.record.target = Some(Target::Text("cable".to_string()));
         let activity = app.fly.idle.track();
         return app
             .cable
@@ -226,7 +228,7 @@ async fn route(
     }
 
     // 6. Redirects, rewrites, Fly-Replay, trailing-slash redirects.
-    if let Some(response) = redirect(&snapshot, context, &path, &head) {
+    if let Some(response) = redirect(snapshot, context, &path, &head) {
         return response;
     }
     let rewritten = snapshot.path_rules.rewrite(&path, &head.method);
@@ -241,12 +243,12 @@ async fn route(
         let request = Request::from_parts(head, body);
         return Box::pin(fly::replay::answer(app, context, rule, request)).await;
     }
-    if let Some(response) = trailing_slash_redirect(&snapshot, context, &path, &head) {
+    if let Some(response) = trailing_slash_redirect(snapshot, context, &path, &head) {
         return response;
     }
 
     // 7. CGI scripts.
-    if let Some(script) = cgi::find(&snapshot, &path, &head.method) {
+    if let Some(script) = cgi::find(snapshot, &path, &head.method) {
         return Box::pin(cgi::serve(app, context, script, head, body)).await;
     }
 
@@ -262,25 +264,25 @@ async fn route(
     }
 
     // 9. Static files, also during maintenance.
-    if let Some(response) = static_file(&snapshot, context, &path, &head).await {
+    if let Some(response) = static_file(snapshot, context, &path, &head).await {
         return response;
     }
 
     // 10. Maintenance mode.
     if snapshot.maintenance_enabled {
         context.record.answer = Answer::Maintenance;
-        return maintenance_page(&snapshot, 30).await;
+        return maintenance_page(snapshot, 30).await;
     }
 
     // 11. Bot detection.
-    if let Some(response) = bot_detection(&snapshot, context, &path, &head) {
+    if let Some(response) = bot_detection(snapshot, context, &path, &head) {
         return response;
     }
 
     // 12. Tenant by longest path prefix.
-    if let Some(tenant) = snapshot.tenants.find(&path).cloned() {
+    if let Some(tenant) = snapshot.tenants.find(&path) {
         let request = Request::from_parts(head, body);
-        return proxy_to_tenant(app, context, &tenant, request, rewritten.as_deref()).await;
+        return proxy_to_tenant(app, context, tenant, request, rewritten.as_deref()).await;
     }
 
     // 13. Nothing matched.
@@ -303,7 +305,10 @@ fn request_id(request: &Request<RequestBody>) -> HeaderValue {
         let nibble = (random >> (124 - 4 * index)) & 0xf;
         *digit = b"0123456789abcdef"[nibble as usize];
     }
-    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("-"))
+    // Owned bytes, so that the clones (record, upstream request, response)
+    // share one allocation; a copied slice would be copied again by the
+    // first clone.
+    HeaderValue::from_maybe_shared(Bytes::from_owner(id)).unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// Returns the client address for logs and `$remote_addr`: the socket
@@ -346,7 +351,7 @@ pub(crate) fn health_response<'a>(
 
 fn health_check(
     snapshot: &Snapshot,
-    context: &mut RequestContext,
+    context: &mut RequestContext<'_>,
     path: &str,
 ) -> Option<Response<Body>> {
     let synthetic = health_response(snapshot, path)?;
@@ -362,7 +367,7 @@ fn health_check(
 /// the static-file step runs, and anything else gets the 401 challenge.
 async fn static_or_challenge(
     snapshot: &Snapshot,
-    context: &mut RequestContext,
+    context: &mut RequestContext<'_>,
     path: &str,
     request: &http::request::Parts,
     realm: &str,
@@ -383,7 +388,7 @@ async fn static_or_challenge(
 /// one, says so.
 fn bot_detection(
     snapshot: &Snapshot,
-    context: &mut RequestContext,
+    context: &mut RequestContext<'_>,
     path: &str,
     request: &http::request::Parts,
 ) -> Option<Response<Body>> {
@@ -402,13 +407,13 @@ fn bot_detection(
 
 fn redirect(
     snapshot: &Snapshot,
-    context: &mut RequestContext,
+    context: &mut RequestContext<'_>,
     path: &str,
     request: &http::request::Parts,
 ) -> Option<Response<Body>> {
     let (rule, location) = snapshot.path_rules.redirect(path, &request.method)?;
     context.record.answer = Answer::Redirect;
-    context.record.target = Some(location.clone());
+    context.record.target = Some(Target::Text(location.clone()));
     let location = with_query(location, request.uri.query());
     Some(responses::redirect(rule.status, &location))
 }
@@ -417,7 +422,7 @@ fn redirect(
 /// `/`: 301 for GET and HEAD, 308 otherwise so the method and body stay.
 fn trailing_slash_redirect(
     snapshot: &Snapshot,
-    context: &mut RequestContext,
+    context: &mut RequestContext<'_>,
     path: &str,
     request: &http::request::Parts,
 ) -> Option<Response<Body>> {
@@ -427,7 +432,7 @@ fn trailing_slash_redirect(
     let status = trailing_slash_status(&request.method);
     context.record.answer = Answer::Redirect;
     let location = with_query(format!("{}/", encode_path(path)), request.uri.query());
-    context.record.target = Some(location.clone());
+    context.record.target = Some(Target::Text(location.clone()));
     Some(responses::redirect(status, &location))
 }
 
@@ -450,14 +455,14 @@ pub(crate) fn with_query(location: String, query: Option<&str>) -> String {
 
 async fn static_file(
     snapshot: &Snapshot,
-    context: &mut RequestContext,
+    context: &mut RequestContext<'_>,
     path: &str,
     request: &http::request::Parts,
 ) -> Option<Response<Body>> {
     let files = snapshot.static_files.as_ref()?;
     let response = files.serve(path, request).await?;
     context.record.answer = Answer::Static;
-    context.record.target = Some(path.to_string());
+    context.record.target = Some(Target::Text(path.to_string()));
     Some(response)
 }
 
@@ -531,7 +536,7 @@ fn upstream_target(uri: &Uri, rewritten: Option<&str>) -> Result<PathAndQuery, I
 
 async fn proxy_to_tenant(
     app: &App,
-    context: &mut RequestContext,
+    context: &mut RequestContext<'_>,
     tenant: &Arc<TenantSpec>,
     request: Request<RequestBody>,
     rewritten: Option<&str>,
@@ -561,16 +566,16 @@ async fn proxy_to_tenant(
         Ok(lease) => lease,
         Err(AcquireError::StartupTimeout) => {
             context.record.answer = Answer::Maintenance;
-            return maintenance_page(&context.snapshot, 5).await;
+            return maintenance_page(context.snapshot, 5).await;
         }
         Err(AcquireError::ShuttingDown) => {
             context.record.answer = Answer::Maintenance;
-            return maintenance_page(&context.snapshot, 5).await;
+            return maintenance_page(context.snapshot, 5).await;
         }
         Err(AcquireError::QueueFull | AcquireError::QueueTimeout) => {
             // Counted and logged (rate-limited) by the supervisor.
             context.record.answer = Answer::Maintenance;
-            return maintenance_page(&context.snapshot, 5).await;
+            return maintenance_page(context.snapshot, 5).await;
         }
         Err(AcquireError::StartFailed(reason)) => {
             warn!(tenant = %tenant.name, request_id = ?context.request_id, error = %reason, "tenant unavailable");
@@ -593,9 +598,7 @@ async fn proxy_to_tenant(
     } else {
         Box::new(lease)
     };
-    // `format!` sizes the string from its literal part, so it is made
-    // in one allocation.
-    context.record.target = Some(format!("127.0.0.1:{port}"));
+    context.record.target = Some(Target::Upstream(address));
     let forwarding = Forwarding {
         peer: context.connection.peer.ip(),
         tls: context.connection.tls,

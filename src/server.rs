@@ -319,7 +319,7 @@ impl Service<Request<Incoming>> for RequestService {
         // connection is open. Boxed, an idle keep-alive connection keeps
         // a pointer instead of the whole pipeline's state.
         let request = request.map(RequestBody::Streamed);
-        Box::pin(async move { Ok(pipeline::handle(app, connection, request, in_flight).await) })
+        Box::pin(async move { Ok(pipeline::handle(&app, connection, request, in_flight).await) })
     }
 }
 

@@ -64,13 +64,13 @@ impl Action {
 /// `path` is outside it or the endpoint is disabled.
 pub async fn serve(
     app: &App,
-    context: &mut RequestContext,
+    context: &mut RequestContext<'_>,
     path: &str,
     method: &Method,
     headers: &HeaderMap,
 ) -> Option<Response<Body>> {
-    let snapshot = context.snapshot.clone();
-    let route = route_of(&snapshot, path)?;
+    let snapshot = context.snapshot;
+    let route = route_of(snapshot, path)?;
     context.record.answer = Answer::Control;
 
     let peer = context.connection.peer;
@@ -88,7 +88,7 @@ pub async fn serve(
             "the control API does not answer requests from web pages",
         ));
     }
-    Some(self::route(app, &snapshot, route, method).await)
+    Some(self::route(app, snapshot, route, method).await)
 }
 
 /// Returns whether a browser sent the request for a web page. Browsers add
@@ -381,7 +381,7 @@ mod tests {
         assert_eq!(route_of(&disabled, "/_navigator/tenants.json"), None);
     }
 
-    fn context(snapshot: Arc<Snapshot>, peer: &str) -> RequestContext {
+    fn context<'a>(snapshot: &'a Arc<Snapshot>, peer: &str) -> RequestContext<'a> {
         use crate::access_log::AccessRecord;
         use crate::pipeline::Connection;
         let peer: SocketAddr = peer.parse().unwrap();
@@ -418,20 +418,20 @@ mod tests {
         let path = "/_navigator/tenants.json";
         let none = HeaderMap::new();
 
-        let mut remote = context(snapshot.clone(), "10.0.0.5:40000");
+        let mut remote = context(&snapshot, "10.0.0.5:40000");
         let response = serve(&app, &mut remote, path, &Method::GET, &none)
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
         assert_eq!(remote.record.answer, Answer::Control);
 
-        let mut mapped = context(snapshot.clone(), "[::ffff:10.0.0.5]:40000");
+        let mut mapped = context(&snapshot, "[::ffff:10.0.0.5]:40000");
         let response = serve(&app, &mut mapped, path, &Method::POST, &none)
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
 
-        let mut local = context(snapshot.clone(), "[::ffff:127.0.0.1]:40000");
+        let mut local = context(&snapshot, "[::ffff:127.0.0.1]:40000");
         let response = serve(&app, &mut local, path, &Method::GET, &none)
             .await
             .unwrap();
@@ -439,13 +439,13 @@ mod tests {
 
         let mut web_page = HeaderMap::new();
         web_page.insert(ORIGIN, HeaderValue::from_static("http://attacker.example"));
-        let mut browser = context(snapshot.clone(), "127.0.0.1:40000");
+        let mut browser = context(&snapshot, "127.0.0.1:40000");
         let response = serve(&app, &mut browser, path, &Method::POST, &web_page)
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
 
-        let mut outside = context(snapshot, "10.0.0.5:40000");
+        let mut outside = context(&snapshot, "10.0.0.5:40000");
         assert!(
             serve(&app, &mut outside, "/a/", &Method::GET, &none)
                 .await

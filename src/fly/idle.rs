@@ -122,7 +122,7 @@ pub fn is_health_check<B>(snapshot: &Snapshot, request: &Request<B>) -> bool {
 /// Counts `request` (except health checks) and, if the machine went idle
 /// since the last request, runs the resume hooks before returning.
 pub async fn track_request<B>(app: &App, request: &Request<B>) -> Option<Activity> {
-    if is_health_check(&app.snapshot(), request) {
+    if is_health_check(&app.current(), request) {
         return None;
     }
     let activity = app.fly.idle.track();

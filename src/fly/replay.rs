@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tracing::{debug, warn};
 
 use super::{FlyEnvironment, FlyRoutes};
-use crate::access_log::Answer;
+use crate::access_log::{Answer, Target};
 use crate::app::App;
 use crate::body::{self, Body, RequestBody};
 use crate::compile::rules::{ReplayRule, ReplayTarget};
@@ -216,7 +216,7 @@ fn body_length(request: &Request<RequestBody>) -> Option<u64> {
 /// Answers a request that matched `rule`.
 pub async fn answer(
     app: &App,
-    context: &mut RequestContext,
+    context: &mut RequestContext<'_>,
     rule: &ReplayRule,
     request: Request<RequestBody>,
 ) -> Response<Body> {
@@ -231,7 +231,7 @@ pub async fn answer(
 }
 
 async fn stop_loop(
-    context: &mut RequestContext,
+    context: &mut RequestContext<'_>,
     rule: &ReplayRule,
     request: &Request<RequestBody>,
     header: &'static str,
@@ -246,13 +246,13 @@ async fn stop_loop(
         "replayed request matched a replay rule again; answering the maintenance page"
     );
     context.record.answer = Answer::Maintenance;
-    context.record.target = Some(format!("replay loop: {target}"));
-    pipeline::maintenance_page(&context.snapshot, 30).await
+    context.record.target = Some(Target::Text(format!("replay loop: {target}")));
+    pipeline::maintenance_page(context.snapshot, 30).await
 }
 
 fn replay(
     app: &App,
-    context: &mut RequestContext,
+    context: &mut RequestContext<'_>,
     rule: &ReplayRule,
     request: &Request<RequestBody>,
 ) -> Response<Body> {
@@ -265,7 +265,7 @@ fn replay(
     let target = describe(&rule.target);
     debug!(path = %request.uri().path(), target = %target, "responding with a Fly-Replay instruction");
     context.record.answer = Answer::FlyReplay;
-    context.record.target = Some(target);
+    context.record.target = Some(Target::Text(target));
     crate::metrics::REPLAYS.inc();
 
     let mut response = Response::new(body::full(instruction.to_string()));
@@ -281,7 +281,7 @@ fn replay(
 
 async fn proxy_over_private_network(
     app: &App,
-    context: &mut RequestContext,
+    context: &mut RequestContext<'_>,
     target: &ReplayTarget,
     mut request: Request<RequestBody>,
     reason: &'static str,
@@ -314,7 +314,10 @@ async fn proxy_over_private_network(
     } else {
         Answer::FlyReplay
     };
-    context.record.target = Some(format!("http://{}{path_and_query}", destination.host_port));
+    context.record.target = Some(Target::Text(format!(
+        "http://{}{path_and_query}",
+        destination.host_port
+    )));
     debug!(
         target = %describe(target),
         upstream = %destination.host_port,
@@ -358,7 +361,7 @@ async fn proxy_over_private_network(
             match error {
                 ProxyError::Connect(_) => {
                     context.record.answer = Answer::Maintenance;
-                    pipeline::maintenance_page(&context.snapshot, 30).await
+                    pipeline::maintenance_page(context.snapshot, 30).await
                 }
                 ProxyError::Timeout(_) => {
                     context.record.answer = Answer::Error;

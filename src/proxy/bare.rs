@@ -22,6 +22,7 @@
 //! kept both.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -47,16 +48,22 @@ const BODY_READ_RESERVE: usize = 16 * 1024;
 /// buffer serves the next response. Larger data is handed over without a
 /// copy.
 const COPY_LIMIT: usize = 4096;
+/// Largest buffer an idle connection keeps.
+const PARKED_BUFFER_LIMIT: usize = 2 * READ_RESERVE;
+/// Most header positions an idle connection keeps room for.
+const PARKED_SPANS_LIMIT: usize = 32;
 /// Maximum length of a chunk-size line or a trailer line.
 const MAX_LINE_BYTES: usize = 4096;
 /// Maximum size of the trailers after the last chunk.
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
 
-/// One upstream connection: the socket and what was read from it but not
-/// yet consumed.
+/// One upstream connection: the socket, what was read from it but not
+/// yet consumed, and room to encode request heads in.
 pub struct Conn {
     stream: TcpStream,
     buf: BytesMut,
+    out: Vec<u8>,
+    spans: Vec<Span>,
 }
 
 /// The failure of an exchange.
@@ -86,6 +93,8 @@ impl Conn {
         Conn {
             stream,
             buf: BytesMut::new(),
+            out: Vec::new(),
+            spans: Vec::new(),
         }
     }
 
@@ -97,20 +106,32 @@ impl Conn {
         matches!(self.stream.try_read(&mut probe), Err(error) if error.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// Prepares the connection to wait in the pool: its buffer is freed,
-    /// so an idle connection costs little more than its socket.
+    /// Prepares the connection to wait in the pool. Buffers of the usual
+    /// size stay for the next request, which then reads and writes without
+    /// allocating; larger ones, left by a large response, are freed.
     pub fn park(&mut self) {
-        self.buf = BytesMut::new();
+        if self.buf.capacity() > PARKED_BUFFER_LIMIT {
+            self.buf = BytesMut::new();
+        }
+        if self.out.capacity() > PARKED_BUFFER_LIMIT {
+            self.out = Vec::new();
+        }
+        if self.spans.capacity() > PARKED_SPANS_LIMIT {
+            self.spans = Vec::new();
+        }
     }
 
-    /// Writes `head` (a request without a body) and reads the response
-    /// head. Informational responses other than 101 are skipped.
+    /// Sends the head of `request` (a request without a body, its URI in
+    /// origin form) and reads the response head. Informational responses
+    /// other than 101 are skipped.
     pub async fn exchange(
         mut self,
-        head: &[u8],
-        method: &Method,
+        request: &Parts,
     ) -> Result<(Response<()>, ResponseBody), ExchangeError> {
-        if let Err(error) = self.stream.write_all(head).await {
+        let method = &request.method;
+        self.out.clear();
+        encode_head(request, &mut self.out);
+        if let Err(error) = self.stream.write_all(&self.out).await {
             return Err(ExchangeError::Stale {
                 unsent: true,
                 detail: format!("cannot send the request: {error}"),
@@ -118,7 +139,9 @@ impl Conn {
         }
         let mut received = false;
         loop {
-            if let Some(parsed) = parse_head(&mut self.buf).map_err(ExchangeError::Failed)? {
+            let parsed =
+                parse_head(&mut self.buf, &mut self.spans).map_err(ExchangeError::Failed)?;
+            if let Some(parsed) = parsed {
                 if is_interim(parsed.status) {
                     continue;
                 }
@@ -175,45 +198,54 @@ struct Head {
     headers: HeaderMap,
 }
 
+/// Where a header's name and value lie in a response head: start and end
+/// offsets of each.
+type Span = (usize, usize, usize, usize);
+
 /// Parses a complete response head at the start of `buf` and removes it.
-/// Returns `None` while the head is incomplete.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, String> {
+/// Returns `None` while the head is incomplete. `spans` is scratch room,
+/// kept by the caller so that each head does not clear a large array.
+fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<Head>, String> {
     // Offsets into `buf` of each name and value; the values become slices
     // of the head without a copy.
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let (length, code, minor, count) = {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut fields);
-        let length = match response.parse(buf) {
+    spans.clear();
+    let (length, code, minor) = {
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            buf,
+            &mut fields,
+        );
+        let length = match parsed {
             Ok(httparse::Status::Complete(length)) => length,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(error) => return Err(format!("malformed response head: {error}")),
         };
         let base = buf.as_ptr() as usize;
-        let count = response.headers.len();
-        for (span, field) in spans.iter_mut().zip(response.headers.iter()) {
+        spans.extend(response.headers.iter().map(|field| {
             let name = field.name.as_ptr() as usize - base;
             let value = field.value.as_ptr() as usize - base;
-            *span = (
+            (
                 name,
                 name + field.name.len(),
                 value,
                 value + field.value.len(),
-            );
-        }
+            )
+        }));
         (
             length,
             response.code.unwrap_or(0),
             response.version.unwrap_or(1),
-            count,
         )
     };
+    let count = spans.len();
     let status = StatusCode::from_u16(code).map_err(|_| format!("invalid status code {code}"))?;
     let head = buf.split_to(length).freeze();
     // One more than the upstream sent: the pipeline adds `X-Request-Id`,
     // and a full map would be copied into a larger one for it.
     let mut headers = HeaderMap::with_capacity(count + 1);
-    for &(name_start, name_end, value_start, value_end) in &spans[..count] {
+    for &(name_start, name_end, value_start, value_end) in spans.iter() {
         let name = HeaderName::from_bytes(&head[name_start..name_end])
             .map_err(|_| "invalid header name in the response".to_string())?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
@@ -380,6 +412,12 @@ impl ResponseBody {
         if !(self.reusable && clean) {
             self.conn = None;
         }
+    }
+
+    /// Whether the body still has its connection: to read the rest from,
+    /// or to hand back once it has ended.
+    pub fn holds_connection(&self) -> bool {
+        self.conn.is_some()
     }
 
     /// Takes the connection once the body has ended and the connection
@@ -630,8 +668,9 @@ pub struct Decoded {
 /// `None` when the bytes end inside the head.
 pub fn decode(bytes: &[u8], method: &Method) -> Result<Option<Decoded>, String> {
     let mut buf = BytesMut::from(bytes);
+    let mut spans = Vec::new();
     let head = loop {
-        let Some(head) = parse_head(&mut buf)? else {
+        let Some(head) = parse_head(&mut buf, &mut spans)? else {
             return Ok(None);
         };
         if !is_interim(head.status) {
@@ -771,7 +810,7 @@ mod tests {
         address
     }
 
-    fn get(method: Method) -> Vec<u8> {
+    fn get(method: Method) -> Parts {
         let (mut parts, ()) = http::Request::builder()
             .method(method)
             .uri("/page?x=1")
@@ -785,9 +824,13 @@ mod tests {
         parts
             .headers
             .append("x-many", HeaderValue::from_static("b"));
+        parts
+    }
+
+    fn encoded(parts: &Parts) -> String {
         let mut head = Vec::new();
-        encode_head(&parts, &mut head);
-        head
+        encode_head(parts, &mut head);
+        String::from_utf8(head).unwrap()
     }
 
     async fn exchange_on(
@@ -795,9 +838,7 @@ mod tests {
         method: Method,
     ) -> Result<(Response<()>, ResponseBody), ExchangeError> {
         let stream = TcpStream::connect(address).await.unwrap();
-        Conn::new(stream)
-            .exchange(&get(method.clone()), &method)
-            .await
+        Conn::new(stream).exchange(&get(method)).await
     }
 
     async fn read_all(body: &mut ResponseBody) -> Result<Vec<u8>, String> {
@@ -813,12 +854,12 @@ mod tests {
 
     #[test]
     fn encoded_head_post_zero_length() {
-        let head = String::from_utf8(get(Method::GET)).unwrap();
+        let head = encoded(&get(Method::GET));
         assert_eq!(
             head,
             "GET /page?x=1 HTTP/1.1\r\nhost: tenant\r\nx-many: a\r\nx-many: b\r\n\r\n"
         );
-        let head = String::from_utf8(get(Method::POST)).unwrap();
+        let head = encoded(&get(Method::POST));
         assert!(head.ends_with("content-length: 0\r\n\r\n"), "{head}");
     }
 

@@ -223,8 +223,6 @@ impl Pool {
         guard: Guard,
     ) -> Result<Response<PooledBody>, ProxyError> {
         let (parts, _) = request.into_parts();
-        let mut head = Vec::with_capacity(512);
-        bare::encode_head(&parts, &mut head);
         let repeatable = parts.method.is_safe();
         let mut repeated = false;
         loop {
@@ -237,14 +235,18 @@ impl Pool {
                 Some(connection) => (connection, true),
                 None => (bare::Conn::new(open(address).await?), false),
             };
-            match connection.exchange(&head, &parts.method).await {
+            match connection.exchange(&parts).await {
                 Ok((response, mut body)) => {
                     if let Some(connection) = body.reusable() {
                         self.put_bare(address, connection);
                     }
+                    // A body that arrived with the head has already let
+                    // go of its connection, and needs no pool to return
+                    // it to.
+                    let pool = body.holds_connection().then(|| self.clone());
                     let body = PooledBody {
                         inner: Inner::Bare(body),
-                        pool: self.clone(),
+                        pool,
                         address,
                         _guard: guard,
                     };
@@ -319,7 +321,7 @@ impl Pool {
                             body,
                             upstream: keep,
                         },
-                        pool: self.clone(),
+                        pool: Some(self.clone()),
                         address,
                         _guard: guard,
                     };
@@ -374,7 +376,8 @@ async fn connect(address: SocketAddr) -> Result<Box<Upstream>, ProxyError> {
 /// ended and the connection can take the next request.
 pub struct PooledBody {
     inner: Inner,
-    pool: Pool,
+    /// Where the connection goes back to; `None` once it went back.
+    pool: Option<Pool>,
     address: SocketAddr,
     _guard: Guard,
 }
@@ -408,12 +411,14 @@ impl PooledBody {
                     return;
                 };
                 if !upstream.drive(cx) && upstream.sender.is_ready() {
-                    self.pool.put(self.address, upstream);
+                    if let Some(pool) = &self.pool {
+                        pool.put(self.address, upstream);
+                    }
                 }
             }
             Inner::Bare(body) => {
-                if let Some(connection) = body.reusable() {
-                    self.pool.put_bare(self.address, connection);
+                if let (Some(connection), Some(pool)) = (body.reusable(), &self.pool) {
+                    pool.put_bare(self.address, connection);
                 }
             }
         }

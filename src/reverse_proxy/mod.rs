@@ -29,7 +29,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tracing::{debug, warn};
 
-use crate::access_log::Answer;
+use crate::access_log::{Answer, Target};
 use crate::body::{self, Body, BoxError, RequestBody};
 use crate::compile::rules::{ProxyMatch, ProxyRoute};
 use crate::limits;
@@ -194,7 +194,7 @@ pub fn join_paths(base: &str, rest: &str) -> String {
 pub async fn serve(
     client: &Client,
     matched: Matched<'_>,
-    context: &mut RequestContext,
+    context: &mut RequestContext<'_>,
     mut request: Request<RequestBody>,
     original_path: &str,
 ) -> Response<Body> {
@@ -202,7 +202,7 @@ pub async fn serve(
     context.record.answer = Answer::ReverseProxy;
 
     if request.method() == Method::OPTIONS && !route.response_headers.is_empty() {
-        context.record.target = Some(format!("{} (preflight)", route.name));
+        context.record.target = Some(Target::Text(format!("{} (preflight)", route.name)));
         let mut response = Response::new(body::empty());
         *response.status_mut() = StatusCode::NO_CONTENT;
         apply_headers(response.headers_mut(), &route.response_headers);
@@ -216,7 +216,7 @@ pub async fn serve(
             return responses::bad_request("the request cannot be mapped to the upstream URL");
         }
     };
-    context.record.target = Some(uri.to_string());
+    context.record.target = Some(Target::Text(uri.to_string()));
 
     let websocket = route.websocket && headers::is_websocket_upgrade(request.headers());
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
@@ -299,7 +299,7 @@ fn prepare_headers(
     headers_out: &mut HeaderMap,
     request_uri: &Uri,
     route: &ProxyRoute,
-    context: &RequestContext,
+    context: &RequestContext<'_>,
     upstream: &Uri,
     websocket: bool,
 ) {

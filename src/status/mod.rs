@@ -28,7 +28,7 @@ use http::request::Parts;
 use http::{HeaderValue, Method, Response, StatusCode};
 use serde::{Serialize, Serializer};
 
-use crate::access_log::Answer;
+use crate::access_log::{Answer, Target};
 use crate::app::App;
 use crate::body::{self, Body};
 use crate::compile::Snapshot;
@@ -116,19 +116,19 @@ pub fn answers(
 /// one of them and the client may read them at `stage`; else `None`.
 pub fn serve(
     app: &App,
-    context: &mut RequestContext,
+    context: &mut RequestContext<'_>,
     path: &str,
     request: &Parts,
     stage: Stage,
 ) -> Option<Response<Body>> {
-    let snapshot = context.snapshot.clone();
+    let snapshot = context.snapshot;
     let loopback = context.connection.peer.ip().is_loopback();
-    if !answers(&snapshot, path, loopback, context.user.as_deref(), stage) {
+    if !answers(snapshot, path, loopback, context.user.as_deref(), stage) {
         return None;
     }
-    let resource = resource(prefix(&snapshot)?, path)?;
+    let resource = resource(prefix(snapshot)?, path)?;
     context.record.answer = Answer::Status;
-    context.record.target = Some(path.to_string());
+    context.record.target = Some(Target::Text(path.to_string()));
 
     if request.method != Method::GET && request.method != Method::HEAD {
         let mut response = plain(
@@ -146,11 +146,11 @@ pub fn serve(
         Resource::Page => plain(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            page::render(&report(app, &snapshot)),
+            page::render(&report(app, snapshot)),
         ),
         Resource::Json => {
             let text =
-                serde_json::to_string_pretty(&report(app, &snapshot)).unwrap_or_else(|error| {
+                serde_json::to_string_pretty(&report(app, snapshot)).unwrap_or_else(|error| {
                     serde_json::json!({ "error": error.to_string() }).to_string()
                 });
             plain(StatusCode::OK, "application/json", text)
@@ -158,7 +158,7 @@ pub fn serve(
         Resource::Metrics => plain(
             StatusCode::OK,
             metrics::CONTENT_TYPE,
-            metrics::render(&gauges(app, &snapshot)),
+            metrics::render(&gauges(app, snapshot)),
         ),
     };
     Some(response)

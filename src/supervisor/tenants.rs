@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
 use tracing::{error, info, warn};
 
@@ -97,6 +97,9 @@ pub struct Instance {
     /// stop hooks run, to pair with the start hooks.
     ready: AtomicBool,
     stop_requested: watch::Sender<bool>,
+    /// The value of `stop_requested`, which every request checks: reading
+    /// the channel would take its lock.
+    stop_asked: AtomicBool,
     /// Becomes true once the process has exited and been cleaned up.
     exited: watch::Sender<bool>,
     /// The last stderr lines, filled in when the process exits.
@@ -146,11 +149,12 @@ impl Instance {
     }
 
     fn request_stop(&self) {
+        self.stop_asked.store(true, Ordering::Release);
         self.stop_requested.send_replace(true);
     }
 
     fn stopping(&self) -> bool {
-        *self.stop_requested.borrow()
+        self.stop_asked.load(Ordering::Acquire)
     }
 
     fn drain(&self) {
@@ -194,9 +198,10 @@ impl Instance {
 
     /// Counts a new request in flight. Called with the slot locked, so
     /// that a stop decided under the same lock takes it into account.
+    /// The process counts as busy while the lease lives and as active
+    /// until it ends, so only the end reads the clock.
     fn lease(self: &Arc<Self>) -> Lease {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.touch();
         Lease {
             instance: self.clone(),
             permit: None,
@@ -383,7 +388,9 @@ pub struct Supervisor {
     prewarmed: Mutex<prewarm::PrewarmMarks>,
     /// The snapshot of the last `apply`: its tenant specs are the ones
     /// processes are started from, whatever snapshot a request runs under.
-    current: Mutex<Option<Arc<Snapshot>>>,
+    /// Read by every request: a lock or a reference count here would be
+    /// written by all workers.
+    current: ArcSwapOption<Snapshot>,
     /// Queues the reloads that tenant hooks ask for.
     reloader: OnceLock<Reloader>,
     weak_self: Weak<Supervisor>,
@@ -415,7 +422,7 @@ impl Supervisor {
             queue_timeouts: AtomicU64::new(0),
             recycles: AtomicU64::new(0),
             prewarmed: Mutex::new(prewarm::PrewarmMarks::default()),
-            current: Mutex::new(None),
+            current: ArcSwapOption::empty(),
             reloader: OnceLock::new(),
             weak_self: weak_self.clone(),
         })
@@ -430,14 +437,12 @@ impl Supervisor {
     /// request that began before a reload carries the old spec, and
     /// starting or keeping processes by it would undo the reload. So the
     /// current spec wins while the tenant keeps its name and path.
-    fn current_spec(&self, requested: &Arc<TenantSpec>) -> Arc<TenantSpec> {
-        let current = lock(&self.current);
-        current
-            .as_ref()
-            .and_then(|snapshot| snapshot.tenants.by_name(&requested.name))
-            .filter(|spec| spec.path == requested.path)
-            .cloned()
-            .unwrap_or_else(|| requested.clone())
+    /// Returns `None` when that is `requested` itself, as it is for all
+    /// but requests that began before a reload.
+    fn current_spec(&self, requested: &Arc<TenantSpec>) -> Option<Arc<TenantSpec>> {
+        let current = self.current.load();
+        let spec = current.as_ref()?.tenants.by_name(&requested.name)?;
+        (spec.path == requested.path && !Arc::ptr_eq(spec, requested)).then(|| spec.clone())
     }
 
     fn this(&self) -> Arc<Supervisor> {
@@ -466,7 +471,8 @@ impl Supervisor {
 
     /// Returns the spec of tenant `name` in the current config.
     fn configured_spec(&self, name: &str) -> Option<Arc<TenantSpec>> {
-        lock(&self.current)
+        self.current
+            .load()
             .as_ref()
             .and_then(|snapshot| snapshot.tenants.by_name(name))
             .cloned()
@@ -482,7 +488,8 @@ impl Supervisor {
         let mut deadline = None;
         let slot = self.slot(&spec.name);
         loop {
-            let spec = &self.current_spec(spec);
+            let newer = self.current_spec(spec);
+            let spec = newer.as_ref().unwrap_or(spec);
             if self.shutting_down.load(Ordering::Acquire) {
                 return Err(AcquireError::ShuttingDown);
             }
@@ -579,15 +586,17 @@ impl Supervisor {
     /// `max_requests` is still served by this process; the next ones go
     /// to its replacement.
     async fn admit(&self, mut lease: Lease) -> Result<Lease, AcquireError> {
-        let tuning = lease.instance.tuning.load_full();
-        if let Some(queue) = &tuning.queue {
+        // Borrowed, not counted, unless there is a queue to wait in.
+        let queue = lease.instance.tuning.load().queue.clone();
+        if let Some(queue) = &queue {
             match queue.admit().await {
                 Ok(permit) => lease.permit = Some(permit),
                 Err(error) => return Err(self.reject(&lease.instance, queue, error)),
             }
         }
         let served = lease.instance.requests.fetch_add(1, Ordering::Relaxed) + 1;
-        if tuning.recycle.max_requests.is_some_and(|max| served >= max) {
+        let max_requests = lease.instance.tuning.load().recycle.max_requests;
+        if max_requests.is_some_and(|max| served >= max) {
             self.recycle(&lease.instance, Replacement::MaxRequests(served));
         }
         Ok(lease)
@@ -825,6 +834,7 @@ impl Supervisor {
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             stop_requested,
+            stop_asked: AtomicBool::new(false),
             exited,
             stderr_tail: Arc::new(Mutex::new(Vec::new())),
             epoch: self.epoch,
@@ -1093,7 +1103,7 @@ impl Supervisor {
     /// their next request, or at once by [`Supervisor::prewarm`] when
     /// prewarmed.
     pub fn apply(&self, snapshot: &Arc<Snapshot>) {
-        *lock(&self.current) = Some(snapshot.clone());
+        self.current.store(Some(snapshot.clone()));
         let settings = snapshot.pools.clone();
         self.gate.max.store(settings.max_size, Ordering::Relaxed);
         {

@@ -69,7 +69,9 @@ impl Supervisor {
     /// Replaces `instance` if it is still its tenant's current process and
     /// not stopping. Returns whether a replacement began.
     pub(super) fn recycle(&self, instance: &Arc<Instance>, cause: Replacement) -> bool {
-        let spec = self.current_spec(&instance.spec);
+        let spec = self
+            .current_spec(&instance.spec)
+            .unwrap_or_else(|| instance.spec.clone());
         let slot = self.slot(&instance.spec.name);
         let mut state = lock(&slot.state);
         let current = matches!(
