@@ -494,12 +494,23 @@ impl Supervisor {
                 return Err(AcquireError::ShuttingDown);
             }
             match self.advance(&slot, spec, true) {
-                Wait::Admit(lease) => return self.admit(lease).await,
+                Wait::Admit(lease) => {
+                    // Only a request that waits in a queue needs the
+                    // queue's state; boxed, it stays out of every other
+                    // request's.
+                    let queue = lease.instance.tuning.load().queue.clone();
+                    let lease = match queue {
+                        None => lease,
+                        Some(queue) => Box::pin(self.queue(lease, &queue)).await?,
+                    };
+                    return Ok(self.count(lease));
+                }
                 Wait::Ready(_) => continue,
                 wait => {
                     let deadline = *deadline
                         .get_or_insert_with(|| tokio::time::Instant::now() + spec.startup_timeout);
-                    self.wait(wait, deadline).await?;
+                    // Boxed like the queue: a running tenant never waits.
+                    Box::pin(self.wait(wait, deadline)).await?;
                 }
             }
         }
@@ -581,25 +592,27 @@ impl Supervisor {
         }
     }
 
-    /// Takes a place in the process's request queue, if it has one, and
-    /// counts the request toward `max_requests`. The request that reaches
+    /// Takes a place in the process's request queue.
+    async fn queue(&self, mut lease: Lease, queue: &RequestQueue) -> Result<Lease, AcquireError> {
+        match queue.admit().await {
+            Ok(permit) => {
+                lease.permit = Some(permit);
+                Ok(lease)
+            }
+            Err(error) => Err(self.reject(&lease.instance, queue, error)),
+        }
+    }
+
+    /// Counts the request toward `max_requests`. The request that reaches
     /// `max_requests` is still served by this process; the next ones go
     /// to its replacement.
-    async fn admit(&self, mut lease: Lease) -> Result<Lease, AcquireError> {
-        // Borrowed, not counted, unless there is a queue to wait in.
-        let queue = lease.instance.tuning.load().queue.clone();
-        if let Some(queue) = &queue {
-            match queue.admit().await {
-                Ok(permit) => lease.permit = Some(permit),
-                Err(error) => return Err(self.reject(&lease.instance, queue, error)),
-            }
-        }
+    fn count(&self, lease: Lease) -> Lease {
         let served = lease.instance.requests.fetch_add(1, Ordering::Relaxed) + 1;
         let max_requests = lease.instance.tuning.load().recycle.max_requests;
         if max_requests.is_some_and(|max| served >= max) {
             self.recycle(&lease.instance, Replacement::MaxRequests(served));
         }
-        Ok(lease)
+        lease
     }
 
     /// Counts a request the queue turned away and returns its error.
