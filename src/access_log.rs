@@ -139,7 +139,8 @@ impl Drop for AccessRecord {
     }
 }
 
-/// What answered a request, for the `target` field of its record.
+/// The file, upstream or rule that served a request, for the `target`
+/// field of its record.
 #[derive(Debug)]
 pub enum Target {
     /// A file, a location, a rule or a script, as written.

@@ -69,8 +69,8 @@ impl App {
         self.snapshot.load_full()
     }
 
-    /// The current snapshot, for a look that ends before the next await.
-    /// It is not counted as a reference, which `snapshot` is.
+    /// Returns the current snapshot for a look that ends before the next
+    /// await. Unlike `snapshot`, it adds no reference count.
     pub fn current(&self) -> arc_swap::Guard<Arc<Snapshot>> {
         self.snapshot.load()
     }

@@ -164,9 +164,9 @@ pub async fn serve(
         let version = request.version();
         // This server bounds idleness itself, between requests.
         let in_flight = InFlight::untracked();
-        // Boxed, as in the hyper service of server.rs, so that this
-        // function's own state stays small; the box serves every request
-        // of the connection.
+        // Boxed, as in the hyper service of server.rs, so this function's
+        // own state stays small. The box serves every request of the
+        // connection.
         let mut pipeline = reuse(
             &mut pipeline_state,
             pipeline::handle(app, connection, request, in_flight),

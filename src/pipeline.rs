@@ -305,8 +305,8 @@ fn request_id(request: &Request<RequestBody>) -> HeaderValue {
         let nibble = (random >> (124 - 4 * index)) & 0xf;
         *digit = b"0123456789abcdef"[nibble as usize];
     }
-    // Owned bytes, so that the clones (record, upstream request, response)
-    // share one allocation; a copied slice would be copied again by the
+    // Owned bytes, so the clones (record, upstream request, response)
+    // share one allocation. A copied slice would be copied again by its
     // first clone.
     HeaderValue::from_maybe_shared(Bytes::from_owner(id)).unwrap_or(HeaderValue::from_static("-"))
 }

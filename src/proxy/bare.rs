@@ -107,8 +107,8 @@ impl Conn {
     }
 
     /// Prepares the connection to wait in the pool. Buffers of the usual
-    /// size stay for the next request, which then reads and writes without
-    /// allocating; larger ones, left by a large response, are freed.
+    /// size stay, so the next request reads and writes without allocating.
+    /// Larger ones, left by a large response, are freed.
     pub fn park(&mut self) {
         if self.buf.capacity() > PARKED_BUFFER_LIMIT {
             self.buf = BytesMut::new();
@@ -198,8 +198,7 @@ struct Head {
     headers: HeaderMap,
 }
 
-/// Where a header's name and value lie in a response head: start and end
-/// offsets of each.
+/// Start and end offsets of a header's name and value in a response head.
 type Span = (usize, usize, usize, usize);
 
 /// Parses a complete response head at the start of `buf` and removes it.
@@ -414,8 +413,8 @@ impl ResponseBody {
         }
     }
 
-    /// Whether the body still has its connection: to read the rest from,
-    /// or to hand back once it has ended.
+    /// Returns whether the body still has its connection, to read the rest
+    /// from or to hand back once the body has ended.
     pub fn holds_connection(&self) -> bool {
         self.conn.is_some()
     }

@@ -376,7 +376,8 @@ async fn connect(address: SocketAddr) -> Result<Box<Upstream>, ProxyError> {
 /// ended and the connection can take the next request.
 pub struct PooledBody {
     inner: Inner,
-    /// Where the connection goes back to; `None` once it went back.
+    /// The pool that the connection goes back to, or `None` once it went
+    /// back.
     pool: Option<Pool>,
     address: SocketAddr,
     _guard: Guard,

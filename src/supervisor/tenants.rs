@@ -97,7 +97,7 @@ pub struct Instance {
     /// stop hooks run, to pair with the start hooks.
     ready: AtomicBool,
     stop_requested: watch::Sender<bool>,
-    /// The value of `stop_requested`, which every request checks: reading
+    /// The value of `stop_requested`, which every request checks. Reading
     /// the channel would take its lock.
     stop_asked: AtomicBool,
     /// Becomes true once the process has exited and been cleaned up.
@@ -509,7 +509,8 @@ impl Supervisor {
                 wait => {
                     let deadline = *deadline
                         .get_or_insert_with(|| tokio::time::Instant::now() + spec.startup_timeout);
-                    // Boxed like the queue: a running tenant never waits.
+                    // Boxed like the queue wait, because requests to a
+                    // running tenant do not reach this branch.
                     Box::pin(self.wait(wait, deadline)).await?;
                 }
             }
