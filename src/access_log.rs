@@ -133,7 +133,7 @@ impl Drop for AccessRecord {
             referer = header_text(&self.referer),
             tenant = self.tenant.as_deref().unwrap_or("-"),
             answer = self.answer.as_str(),
-            target = %Shown(&self.target),
+            target = %TargetField(&self.target),
             "request"
         );
     }
@@ -150,9 +150,9 @@ pub enum Target {
 }
 
 /// Formats an optional target, `-` when there is none.
-struct Shown<'a>(&'a Option<Target>);
+struct TargetField<'a>(&'a Option<Target>);
 
-impl std::fmt::Display for Shown<'_> {
+impl std::fmt::Display for TargetField<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
             Some(Target::Text(text)) => f.write_str(text),

@@ -85,13 +85,13 @@ pub async fn serve(
     limits: Limits,
     closing: &watch::Receiver<bool>,
 ) -> Ending {
-    // One wait for shutdown serves every idle spell of the connection:
-    // made anew for each, it would register with the channel each time.
     // `closing` only ever turns true, so a change means shutdown. Checking
     // for one reads a counter, where reading the value would take the
     // channel's lock, which every connection shares.
     let closed_before = *closing.borrow();
     let shutting_down = || closed_before || closing.has_changed().unwrap_or(true);
+    // One wait for shutdown serves every idle spell of the connection:
+    // made anew for each, it would register with the channel each time.
     let mut signal = closing.clone();
     let mut shutdown = std::pin::pin!(async move {
         let _ = signal.wait_for(|closing| *closing).await;

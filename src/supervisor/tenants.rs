@@ -99,7 +99,7 @@ pub struct Instance {
     stop_requested: watch::Sender<bool>,
     /// The value of `stop_requested`, which every request checks. Reading
     /// the channel would take its lock.
-    stop_asked: AtomicBool,
+    stopping: AtomicBool,
     /// Becomes true once the process has exited and been cleaned up.
     exited: watch::Sender<bool>,
     /// The last stderr lines, filled in when the process exits.
@@ -149,12 +149,12 @@ impl Instance {
     }
 
     fn request_stop(&self) {
-        self.stop_asked.store(true, Ordering::Release);
+        self.stopping.store(true, Ordering::Release);
         self.stop_requested.send_replace(true);
     }
 
     fn stopping(&self) -> bool {
-        self.stop_asked.load(Ordering::Acquire)
+        self.stopping.load(Ordering::Acquire)
     }
 
     fn drain(&self) {
@@ -496,8 +496,8 @@ impl Supervisor {
             match self.advance(&slot, spec, true) {
                 Wait::Admit(lease) => {
                     // Only a request that waits in a queue needs the
-                    // queue's state; boxed, it stays out of every other
-                    // request's.
+                    // queue's state, so it is boxed and stays out of every
+                    // other request's.
                     let queue = lease.instance.tuning.load().queue.clone();
                     let lease = match queue {
                         None => lease,
@@ -848,7 +848,7 @@ impl Supervisor {
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             stop_requested,
-            stop_asked: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             exited,
             stderr_tail: Arc::new(Mutex::new(Vec::new())),
             epoch: self.epoch,
