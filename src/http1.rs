@@ -99,9 +99,6 @@ pub async fn serve(
     let mut input = BytesMut::new();
     let mut output = Vec::new();
     let mut timer: Option<Pin<Box<Sleep>>> = None;
-    // The pipeline's state, a few kilobytes, allocated once for the
-    // connection's first request and reused by the ones after it.
-    let mut pipeline_state = None;
     loop {
         // Read until a whole head is buffered.
         let mut deadline = None;
@@ -164,13 +161,10 @@ pub async fn serve(
         let version = request.version();
         // This server bounds idleness itself, between requests.
         let in_flight = InFlight::untracked();
-        // Boxed, as in the hyper service of server.rs, so this function's
-        // own state stays small. The box serves every request of the
-        // connection.
-        let mut pipeline = reuse(
-            &mut pipeline_state,
-            pipeline::handle(app, connection, request, in_flight),
-        );
+        // Kept in this function's state, where it is built in place.
+        // Moving it into a box would copy all of it, a few kilobytes, for
+        // every request.
+        let mut pipeline = std::pin::pin!(pipeline::handle(app, connection, request, in_flight));
         // A client that closes its connection abandons its request, as
         // with hyper: the pipeline is dropped, which cancels a queued
         // request and logs it as 499.
@@ -218,18 +212,6 @@ pub async fn serve(
         if output.capacity() > COALESCE_LIMIT * 2 {
             output = Vec::new();
         }
-    }
-}
-
-/// Places `future` in `slot`, in the allocation an earlier future of the
-/// same type left there, or a new one.
-fn reuse<F: Future>(slot: &mut Option<Pin<Box<F>>>, future: F) -> Pin<&mut F> {
-    match slot {
-        Some(state) => {
-            state.set(future);
-            state.as_mut()
-        }
-        None => slot.insert(Box::pin(future)).as_mut(),
     }
 }
 
@@ -340,8 +322,10 @@ fn parse(bytes: &Bytes) -> Parsed {
     // `-Proto`, `-Host`, `X-Request-Id`), so that adding them does not
     // grow the map.
     let mut headers = HeaderMap::with_capacity(parsed.headers.len() + FORWARDING_HEADERS);
+    let mut connection_field = false;
     for field in parsed.headers.iter() {
         let name = field.name.as_bytes();
+        connection_field |= name.eq_ignore_ascii_case(b"connection");
         // A body, an upgrade or an interim response: hyper's work.
         if name.eq_ignore_ascii_case(b"content-length")
             || name.eq_ignore_ascii_case(b"transfer-encoding")
@@ -358,7 +342,11 @@ fn parse(bytes: &Bytes) -> Parsed {
         };
         headers.append(name, value);
     }
-    let keep_alive = headers::keeps_alive(version, &headers);
+    let keep_alive = if connection_field {
+        headers::keeps_alive(version, &headers)
+    } else {
+        headers::keeps_alive_by_default(version)
+    };
 
     let mut request = Request::new(RequestBody::Empty);
     *request.method_mut() = method;
@@ -402,9 +390,26 @@ async fn write_response<W: AsyncWrite + Unpin>(
     let (parts, mut body) = response.into_parts();
     let mut headers = parts.headers;
     let status = parts.status;
-    let mut keep_alive = reply.keep_alive && !headers::connection_has_token(&headers, "close");
+    // One pass over the few fields of a response finds the ones that
+    // framing reads, where a lookup of each would hash its name.
+    let mut connection_field = false;
+    let mut transfer_encoding = false;
+    let mut declared_length = None;
+    for (name, value) in &headers {
+        if name == CONNECTION {
+            connection_field = true;
+        } else if name == TRANSFER_ENCODING {
+            transfer_encoding = true;
+        } else if name == CONTENT_LENGTH && declared_length.is_none() {
+            declared_length = Some(parse_length(value));
+        }
+    }
+    let mut keep_alive =
+        reply.keep_alive && !(connection_field && headers::connection_has_token(&headers, "close"));
 
-    headers.remove(TRANSFER_ENCODING);
+    if transfer_encoding {
+        headers.remove(TRANSFER_ENCODING);
+    }
     let bodyless = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
@@ -413,8 +418,8 @@ async fn write_response<W: AsyncWrite + Unpin>(
             headers.remove(CONTENT_LENGTH);
         }
         Framing::None
-    } else if let Some(declared) = headers.get(CONTENT_LENGTH) {
-        match parse_length(declared) {
+    } else if let Some(declared) = declared_length {
+        match declared {
             Some(length) => Framing::Length(length),
             // A handler's own malformed length: a body that ends with the
             // connection cannot be misread.
@@ -575,18 +580,22 @@ fn encode_head(
     output.push(b' ');
     output.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
     output.extend_from_slice(b"\r\n");
+    let mut date = false;
+    let mut connection = false;
     for (name, value) in headers {
+        date |= name == DATE;
+        connection |= name == CONNECTION;
         output.extend_from_slice(name.as_str().as_bytes());
         output.extend_from_slice(b": ");
         output.extend_from_slice(value.as_bytes());
         output.extend_from_slice(b"\r\n");
     }
-    if !headers.contains_key(DATE) {
+    if !date {
         output.extend_from_slice(b"date: ");
         DATE_CACHE.with(|cache| output.extend_from_slice(&cache.now()));
         output.extend_from_slice(b"\r\n");
     }
-    if !headers.contains_key(CONNECTION) {
+    if !connection {
         if !keep_alive {
             output.extend_from_slice(b"connection: close\r\n");
         } else if reply.version == Version::HTTP_10 {

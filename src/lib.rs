@@ -22,6 +22,7 @@ pub mod http1;
 pub mod limits;
 pub mod log_shipping;
 pub mod logging;
+pub mod lookup;
 pub mod managed;
 pub mod metrics;
 pub mod pipeline;

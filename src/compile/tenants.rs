@@ -11,6 +11,7 @@ use super::supervision::{self, PrewarmPatterns, Supervision};
 use crate::config::expand::{self, PORT_PLACEHOLDER};
 use crate::config::schema::{BotDetection, Hook, TenantHooks};
 use crate::config::{ConfigError, EnvLookup, Loaded};
+use crate::lookup::LookupMap;
 
 /// Everything that decides how a tenant's process is started. Two specs
 /// that compare equal can share a running process across a reload.
@@ -80,8 +81,8 @@ pub struct TenantSpec {
 #[derive(Debug, Default)]
 pub struct TenantIndex {
     tenants: Vec<Arc<TenantSpec>>,
-    by_path: HashMap<Box<str>, usize>,
-    by_name: HashMap<Box<str>, usize>,
+    by_path: LookupMap<Box<str>, usize>,
+    by_name: LookupMap<Box<str>, usize>,
     /// The deepest tenant path in segments, to skip probes that cannot hit.
     max_depth: usize,
 }

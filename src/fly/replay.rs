@@ -341,6 +341,7 @@ async fn proxy_over_private_network(
             trust_proxy: context.snapshot.config.server.trust_proxy,
         },
         request_id: &context.request_id,
+        websocket,
         guard,
         // The receiving navigator bounds its own tenant's silence the same
         // way; this bound covers a silent or unreachable receiver.

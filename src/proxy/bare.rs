@@ -27,13 +27,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::headers::Added;
 use crate::body::BoxError;
 
 /// Maximum number of header fields in one response head.
@@ -124,61 +125,69 @@ impl Conn {
     /// Sends the head of `request` (a request without a body, its URI in
     /// origin form) and reads the response head. Informational responses
     /// other than 101 are skipped.
-    pub async fn exchange(
+    ///
+    /// Returns an `async move` block, not an `async fn`, for the reason
+    /// given at [`crate::pipeline::handle`].
+    #[inline(always)]
+    #[allow(clippy::manual_async_fn)]
+    pub fn exchange<'a>(
         mut self,
-        request: &Parts,
-    ) -> Result<(Response<()>, ResponseBody), ExchangeError> {
-        let method = &request.method;
-        self.out.clear();
-        encode_head(request, &mut self.out);
-        if let Err(error) = self.stream.write_all(&self.out).await {
-            return Err(ExchangeError::Stale {
-                unsent: true,
-                detail: format!("cannot send the request: {error}"),
-            });
-        }
-        let mut received = false;
-        loop {
-            let parsed =
-                parse_head(&mut self.buf, &mut self.spans).map_err(ExchangeError::Failed)?;
-            if let Some(parsed) = parsed {
-                if is_interim(parsed.status) {
-                    continue;
-                }
-                return finish_head(self, parsed, method);
+        request: &'a Parts,
+        added: Option<&'a Added<'_>>,
+    ) -> impl Future<Output = Result<(Response<()>, ResponseBody), ExchangeError>> + 'a {
+        async move {
+            let method = &request.method;
+            self.out.clear();
+            encode_head(request, added, &mut self.out);
+            if let Err(error) = self.stream.write_all(&self.out).await {
+                return Err(ExchangeError::Stale {
+                    unsent: true,
+                    detail: format!("cannot send the request: {error}"),
+                });
             }
-            if self.buf.len() >= MAX_HEAD_BYTES {
-                return Err(ExchangeError::Failed(format!(
-                    "response head larger than {} KiB",
-                    MAX_HEAD_BYTES / 1024
-                )));
-            }
-            self.buf.reserve(READ_RESERVE);
-            let read = tokio::io::AsyncReadExt::read_buf(&mut self.stream, &mut self.buf).await;
-            match read {
-                Ok(0) if !received => {
-                    return Err(ExchangeError::Stale {
-                        unsent: false,
-                        detail: "the upstream closed the connection without a response".into(),
-                    });
+            let mut received = false;
+            loop {
+                let parsed =
+                    parse_head(&mut self.buf, &mut self.spans).map_err(ExchangeError::Failed)?;
+                if let Some(parsed) = parsed {
+                    if is_interim(parsed.status) {
+                        continue;
+                    }
+                    return finish_head(self, parsed, method);
                 }
-                Ok(0) => {
-                    return Err(ExchangeError::Failed(
-                        "the upstream closed the connection in the middle of the response head"
-                            .into(),
-                    ));
-                }
-                Ok(_) => received = true,
-                Err(error) if !received => {
-                    return Err(ExchangeError::Stale {
-                        unsent: false,
-                        detail: format!("reading the response failed: {error}"),
-                    });
-                }
-                Err(error) => {
+                if self.buf.len() >= MAX_HEAD_BYTES {
                     return Err(ExchangeError::Failed(format!(
-                        "reading the response head failed: {error}"
+                        "response head larger than {} KiB",
+                        MAX_HEAD_BYTES / 1024
                     )));
+                }
+                self.buf.reserve(READ_RESERVE);
+                let read = tokio::io::AsyncReadExt::read_buf(&mut self.stream, &mut self.buf).await;
+                match read {
+                    Ok(0) if !received => {
+                        return Err(ExchangeError::Stale {
+                            unsent: false,
+                            detail: "the upstream closed the connection without a response".into(),
+                        });
+                    }
+                    Ok(0) => {
+                        return Err(ExchangeError::Failed(
+                            "the upstream closed the connection in the middle of the response head"
+                                .into(),
+                        ));
+                    }
+                    Ok(_) => received = true,
+                    Err(error) if !received => {
+                        return Err(ExchangeError::Stale {
+                            unsent: false,
+                            detail: format!("reading the response failed: {error}"),
+                        });
+                    }
+                    Err(error) => {
+                        return Err(ExchangeError::Failed(format!(
+                            "reading the response head failed: {error}"
+                        )));
+                    }
                 }
             }
         }
@@ -196,6 +205,16 @@ struct Head {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
+    /// Which of the fields that framing reads are present, noted while
+    /// parsing so that framing looks up only those.
+    seen: Seen,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    connection: bool,
+    content_length: bool,
+    transfer_encoding: bool,
 }
 
 /// Start and end offsets of a header's name and value in a response head.
@@ -244,9 +263,13 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<Head>,
     // One more than the upstream sent: the pipeline adds `X-Request-Id`,
     // and a full map would be copied into a larger one for it.
     let mut headers = HeaderMap::with_capacity(count + 1);
+    let mut seen = Seen::default();
     for &(name_start, name_end, value_start, value_end) in spans.iter() {
         let name = HeaderName::from_bytes(&head[name_start..name_end])
             .map_err(|_| "invalid header name in the response".to_string())?;
+        seen.connection |= name == CONNECTION;
+        seen.content_length |= name == CONTENT_LENGTH;
+        seen.transfer_encoding |= name == TRANSFER_ENCODING;
         let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
             .map_err(|_| format!("invalid value of response header {name}"))?;
         headers.append(name, value);
@@ -260,6 +283,7 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<Head>,
         status,
         version,
         headers,
+        seen,
     }))
 }
 
@@ -272,7 +296,8 @@ enum Framing {
     UntilClose,
 }
 
-fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<Framing, String> {
+fn framing(method: &Method, head: &Head) -> Result<Framing, String> {
+    let (status, headers) = (head.status, &head.headers);
     if method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -280,7 +305,7 @@ fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<F
     {
         return Ok(Framing::Empty);
     }
-    if headers.contains_key(TRANSFER_ENCODING) {
+    if head.seen.transfer_encoding {
         let last = headers
             .get_all(TRANSFER_ENCODING)
             .iter()
@@ -291,6 +316,9 @@ fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<F
             Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
             _ => Framing::UntilClose,
         });
+    }
+    if !head.seen.content_length {
+        return Ok(Framing::UntilClose);
     }
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
@@ -315,12 +343,18 @@ fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<F
 /// the body, and the length would announce a wrong size to the client
 /// (RFC 9112, section 6.3).
 fn frame(method: &Method, head: &mut Head) -> Result<(Framing, bool), String> {
-    let framing = framing(method, head.status, &head.headers)?;
-    let both = head.headers.contains_key(TRANSFER_ENCODING)
+    let framing = framing(method, head)?;
+    let both = head.seen.transfer_encoding
+        && head.seen.content_length
         && head.headers.remove(CONTENT_LENGTH).is_some();
     // Both headers: a message another intermediary may have read with
     // the other framing, so the connection is not trusted further.
-    let reusable = super::headers::keeps_alive(head.version, &head.headers)
+    let keeps_alive = if head.seen.connection {
+        super::headers::keeps_alive(head.version, &head.headers)
+    } else {
+        super::headers::keeps_alive_by_default(head.version)
+    };
+    let reusable = keeps_alive
         && framing != Framing::UntilClose
         && head.status != StatusCode::SWITCHING_PROTOCOLS
         && !both;
@@ -715,8 +749,8 @@ pub fn decode(bytes: &[u8], method: &Method) -> Result<Option<Decoded>, String> 
 }
 
 /// Writes the head of `parts` (a request without a body, its URI in
-/// origin form) into `out`.
-pub fn encode_head(parts: &Parts, out: &mut Vec<u8>) {
+/// origin form), with the `added` headers after its own, into `out`.
+pub fn encode_head(parts: &Parts, added: Option<&Added<'_>>, out: &mut Vec<u8>) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     let target = parts
@@ -730,6 +764,9 @@ pub fn encode_head(parts: &Parts, out: &mut Vec<u8>) {
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(added) = added {
+        added.write(out);
     }
     // A body-bearing method without a body is sent with an explicit
     // zero length, as hyper's client does.
@@ -828,7 +865,7 @@ mod tests {
 
     fn encoded(parts: &Parts) -> String {
         let mut head = Vec::new();
-        encode_head(parts, &mut head);
+        encode_head(parts, None, &mut head);
         String::from_utf8(head).unwrap()
     }
 
@@ -837,7 +874,7 @@ mod tests {
         method: Method,
     ) -> Result<(Response<()>, ResponseBody), ExchangeError> {
         let stream = TcpStream::connect(address).await.unwrap();
-        Conn::new(stream).exchange(&get(method)).await
+        Conn::new(stream).exchange(&get(method), None).await
     }
 
     async fn read_all(body: &mut ResponseBody) -> Result<Vec<u8>, String> {
@@ -1030,7 +1067,7 @@ mod tests {
                 .uri("/")
                 .body(crate::body::empty())
                 .unwrap();
-            last = match pool.send(address, request, Box::new(())).await {
+            last = match pool.send(address, request, None, Box::new(())).await {
                 Ok(response) => Ok(response.status()),
                 Err(error) => Err(format!("{error:?}")),
             };
@@ -1132,7 +1169,7 @@ mod tests {
             let pool = pool.clone();
             async move {
                 let response = pool
-                    .send(address, request(Method::GET, "/"), Box::new(()))
+                    .send(address, request(Method::GET, "/"), None, Box::new(()))
                     .await
                     .unwrap();
                 response.into_body().collect().await.unwrap();
@@ -1140,7 +1177,7 @@ mod tests {
         });
         futures_util::future::join_all(gets).await;
         let result = pool
-            .send(address, request(method, "/drop"), Box::new(()))
+            .send(address, request(method, "/drop"), None, Box::new(()))
             .await;
         assert!(result.is_err());
         dropped.load(std::sync::atomic::Ordering::SeqCst)

@@ -97,6 +97,9 @@ pub struct Forward<'a> {
     pub path_and_query: PathAndQuery,
     pub forwarding: Forwarding,
     pub request_id: &'a HeaderValue,
+    /// Whether the request is a WebSocket upgrade
+    /// ([`headers::is_websocket_upgrade`]), which the caller has checked.
+    pub websocket: bool,
     /// Kept until the response body ends, or the tunnel closes.
     pub guard: Guard,
     /// The longest silence of the upstream before the response head and
@@ -107,12 +110,15 @@ pub struct Forward<'a> {
 /// Sends `request` upstream and returns the upstream's response. When the
 /// upstream accepts a WebSocket upgrade with 101, a tunnel task copies
 /// bytes both ways until either side closes.
-pub async fn forward(
-    client: &Client,
+/// Returns an `async move` block, not an `async fn`, for the reason
+/// given at [`crate::pipeline::handle`].
+#[inline(always)]
+pub fn forward<'a>(
+    client: &'a Client,
     mut request: Request<RequestBody>,
-    target: Forward<'_>,
-) -> Result<Response<Body>, ProxyError> {
-    let websocket = headers::is_websocket_upgrade(request.headers());
+    target: Forward<'a>,
+) -> impl Future<Output = Result<Response<Body>, ProxyError>> + 'a {
+    let websocket = target.websocket;
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
 
     let (mut parts, body) = request.into_parts();
@@ -122,114 +128,119 @@ pub async fn forward(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    headers::prepare_request(
-        &mut parts.headers,
-        host.as_ref(),
-        target.forwarding,
-        target.request_id,
-        websocket,
-    );
+    async move {
+        let added = headers::strip_request(
+            &mut parts.headers,
+            host.as_ref(),
+            target.forwarding,
+            target.request_id,
+            websocket,
+        );
 
-    parts.version = Version::HTTP_11;
+        parts.version = Version::HTTP_11;
 
-    // An upstream at an IP address needs no name resolution: the request
-    // drives a pooled connection itself. Upgrades need hyper's client,
-    // which hands the upgraded connection over.
-    let direct = match &target.upstream {
-        _ if websocket => None,
-        Upstream::Address(address) => Some(*address),
-        Upstream::Named(_, authority) => authority.as_str().parse::<SocketAddr>().ok(),
-    };
-    if let Some(address) = direct {
-        parts.uri = Uri::from(target.path_and_query);
-        let (body, progress) = request_body(body, &parts.extensions, target.response_timeout);
-        // Pinned in place: the wrappers below borrow it rather than hold
-        // copies of a large future. On a timeout the pending send is
-        // dropped, and the lease with it.
-        let pending = std::pin::pin!(client.direct.send(
-            address,
-            Request::from_parts(parts, body),
-            target.guard
-        ));
-        let response = await_head(pending, target.response_timeout, progress.as_deref()).await??;
-        reject_unrequested_switch(&response)?;
+        // An upstream at an IP address needs no name resolution: the request
+        // drives a pooled connection itself. Upgrades need hyper's client,
+        // which hands the upgraded connection over.
+        let direct = match &target.upstream {
+            _ if websocket => None,
+            Upstream::Address(address) => Some(*address),
+            Upstream::Named(_, authority) => authority.as_str().parse::<SocketAddr>().ok(),
+        };
+        if let Some(address) = direct {
+            parts.uri = Uri::from(target.path_and_query);
+            let (body, progress) = request_body(body, &parts.extensions, target.response_timeout);
+            // Pinned in place: the wrappers below borrow it rather than hold
+            // copies of a large future. On a timeout the pending send is
+            // dropped, and the lease with it.
+            let pending = std::pin::pin!(client.direct.send(
+                address,
+                Request::from_parts(parts, body),
+                Some(&added),
+                target.guard
+            ));
+            let response =
+                await_head(pending, target.response_timeout, progress.as_deref()).await??;
+            reject_unrequested_switch(&response)?;
+            let (mut parts, body) = response.into_parts();
+            headers::prepare_response(&mut parts.headers, false);
+            let body = limit_gaps(
+                body,
+                target.response_timeout,
+                timeout::UpstreamName::Address(address),
+                target.request_id,
+            );
+            return Ok(Response::from_parts(parts, body));
+        }
+
+        added.insert_into(&mut parts.headers);
+        let (scheme, authority) = match target.upstream {
+            Upstream::Named(scheme, authority) => (scheme, authority),
+            Upstream::Address(address) => (
+                Scheme::HTTP,
+                Authority::try_from(address.to_string())
+                    .map_err(|e| ProxyError::InvalidTarget(format!("{address}: {e}")))?,
+            ),
+        };
+        parts.uri = Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query(target.path_and_query)
+            .build()
+            .map_err(|e| ProxyError::InvalidTarget(e.to_string()))?;
+
+        let (body, progress) = if websocket {
+            (crate::body::empty(), None)
+        } else {
+            request_body(body, &parts.extensions, target.response_timeout)
+        };
+
+        let upstream = parts
+            .uri
+            .authority()
+            .map(|authority| authority.to_string())
+            .unwrap_or_default();
+        let pending = std::pin::pin!(client.general.request(Request::from_parts(parts, body)));
+        let result = await_head(pending, target.response_timeout, progress.as_deref()).await?;
+        let mut response = result.map_err(|error| {
+            let detail = error_chain(&error);
+            if error.is_connect() {
+                ProxyError::Connect(detail)
+            } else {
+                ProxyError::Upstream(detail)
+            }
+        })?;
+
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if client_upgrade.is_none() {
+            reject_unrequested_switch(&response)?;
+        }
+        if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            let guard = target.guard;
+            tokio::spawn(async move {
+                run_tunnel(client_upgrade, upstream_upgrade).await;
+                drop(guard);
+            });
+            let (mut parts, _) = response.into_parts();
+            headers::prepare_response(&mut parts.headers, true);
+            return Ok(Response::from_parts(parts, crate::body::empty()));
+        }
+
         let (mut parts, body) = response.into_parts();
         headers::prepare_response(&mut parts.headers, false);
+        let body = GuardedBody {
+            inner: body,
+            _guard: target.guard,
+        };
         let body = limit_gaps(
             body,
             target.response_timeout,
-            timeout::UpstreamName::Address(address),
+            timeout::UpstreamName::Authority(upstream),
             target.request_id,
         );
-        return Ok(Response::from_parts(parts, body));
+        Ok(Response::from_parts(parts, body))
     }
-
-    let (scheme, authority) = match target.upstream {
-        Upstream::Named(scheme, authority) => (scheme, authority),
-        Upstream::Address(address) => (
-            Scheme::HTTP,
-            Authority::try_from(address.to_string())
-                .map_err(|e| ProxyError::InvalidTarget(format!("{address}: {e}")))?,
-        ),
-    };
-    parts.uri = Uri::builder()
-        .scheme(scheme)
-        .authority(authority)
-        .path_and_query(target.path_and_query)
-        .build()
-        .map_err(|e| ProxyError::InvalidTarget(e.to_string()))?;
-
-    let (body, progress) = if websocket {
-        (crate::body::empty(), None)
-    } else {
-        request_body(body, &parts.extensions, target.response_timeout)
-    };
-
-    let upstream = parts
-        .uri
-        .authority()
-        .map(|authority| authority.to_string())
-        .unwrap_or_default();
-    let pending = std::pin::pin!(client.general.request(Request::from_parts(parts, body)));
-    let result = await_head(pending, target.response_timeout, progress.as_deref()).await?;
-    let mut response = result.map_err(|error| {
-        let detail = error_chain(&error);
-        if error.is_connect() {
-            ProxyError::Connect(detail)
-        } else {
-            ProxyError::Upstream(detail)
-        }
-    })?;
-
-    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if client_upgrade.is_none() {
-        reject_unrequested_switch(&response)?;
-    }
-    if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
-        let upstream_upgrade = hyper::upgrade::on(&mut response);
-        let guard = target.guard;
-        tokio::spawn(async move {
-            run_tunnel(client_upgrade, upstream_upgrade).await;
-            drop(guard);
-        });
-        let (mut parts, _) = response.into_parts();
-        headers::prepare_response(&mut parts.headers, true);
-        return Ok(Response::from_parts(parts, crate::body::empty()));
-    }
-
-    let (mut parts, body) = response.into_parts();
-    headers::prepare_response(&mut parts.headers, false);
-    let body = GuardedBody {
-        inner: body,
-        _guard: target.guard,
-    };
-    let body = limit_gaps(
-        body,
-        target.response_timeout,
-        timeout::UpstreamName::Authority(upstream),
-        target.request_id,
-    );
-    Ok(Response::from_parts(parts, body))
 }
 
 /// Prepares the request body to send upstream: held to the body limit,

@@ -19,7 +19,6 @@
 //! if the upstream closed it meanwhile, the next request that takes it
 //! sees it end and takes another.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -38,8 +37,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::headers::Added;
 use super::{Guard, ProxyError, bare, error_chain};
 use crate::body::{Body, BoxError};
+use crate::lookup::LookupMap;
 use crate::workers;
 
 /// Idle hyper connections kept per upstream address and worker.
@@ -83,14 +84,14 @@ struct Idle<C> {
 }
 
 struct Idles<C> {
-    by_address: HashMap<SocketAddr, Vec<Idle<C>>>,
+    by_address: LookupMap<SocketAddr, Vec<Idle<C>>>,
     last_sweep: Option<Instant>,
 }
 
 impl<C> Default for Idles<C> {
     fn default() -> Self {
         Idles {
-            by_address: HashMap::new(),
+            by_address: LookupMap::default(),
             last_sweep: None,
         }
     }
@@ -216,52 +217,56 @@ impl Pool {
     /// response is sent once more, on a new connection, only if its
     /// method is safe (GET, HEAD, OPTIONS, TRACE): the upstream may have
     /// acted on it, or may drop it again.
-    async fn send_bare(
-        &self,
+    #[inline(always)]
+    fn send_bare<'a>(
+        &'a self,
         address: SocketAddr,
         request: Request<Body>,
+        added: Option<&'a Added<'_>>,
         guard: Guard,
-    ) -> Result<Response<PooledBody>, ProxyError> {
+    ) -> impl Future<Output = Result<Response<PooledBody>, ProxyError>> + 'a {
         let (parts, _) = request.into_parts();
-        let repeatable = parts.method.is_safe();
-        let mut repeated = false;
-        loop {
-            let pooled = if repeated {
-                None
-            } else {
-                self.take_bare(address)
-            };
-            let (connection, reused) = match pooled {
-                Some(connection) => (connection, true),
-                None => (bare::Conn::new(open(address).await?), false),
-            };
-            match connection.exchange(&parts).await {
-                Ok((response, mut body)) => {
-                    if let Some(connection) = body.reusable() {
-                        self.put_bare(address, connection);
+        async move {
+            let repeatable = parts.method.is_safe();
+            let mut repeated = false;
+            loop {
+                let pooled = if repeated {
+                    None
+                } else {
+                    self.take_bare(address)
+                };
+                let (connection, reused) = match pooled {
+                    Some(connection) => (connection, true),
+                    None => (bare::Conn::new(open(address).await?), false),
+                };
+                match connection.exchange(&parts, added).await {
+                    Ok((response, mut body)) => {
+                        if let Some(connection) = body.reusable() {
+                            self.put_bare(address, connection);
+                        }
+                        // A body that arrived with the head has already let
+                        // go of its connection, and needs no pool to return
+                        // it to.
+                        let pool = body.holds_connection().then(|| self.clone());
+                        let body = PooledBody {
+                            inner: Inner::Bare(body),
+                            pool,
+                            address,
+                            _guard: guard,
+                        };
+                        return Ok(response.map(|()| body));
                     }
-                    // A body that arrived with the head has already let
-                    // go of its connection, and needs no pool to return
-                    // it to.
-                    let pool = body.holds_connection().then(|| self.clone());
-                    let body = PooledBody {
-                        inner: Inner::Bare(body),
-                        pool,
-                        address,
-                        _guard: guard,
-                    };
-                    return Ok(response.map(|()| body));
+                    Err(bare::ExchangeError::Stale { unsent: true, .. }) if reused => {
+                        debug!(%address, "an idle upstream connection was closed; sending on another");
+                    }
+                    Err(bare::ExchangeError::Stale { unsent: false, .. })
+                        if reused && repeatable && !repeated =>
+                    {
+                        debug!(%address, "the upstream closed a reused connection without a response; repeating the request once on a new connection");
+                        repeated = true;
+                    }
+                    Err(error) => return Err(ProxyError::Upstream(error.to_string())),
                 }
-                Err(bare::ExchangeError::Stale { unsent: true, .. }) if reused => {
-                    debug!(%address, "an idle upstream connection was closed; sending on another");
-                }
-                Err(bare::ExchangeError::Stale { unsent: false, .. })
-                    if reused && repeatable && !repeated =>
-                {
-                    debug!(%address, "the upstream closed a reused connection without a response; repeating the request once on a new connection");
-                    repeated = true;
-                }
-                Err(error) => return Err(ProxyError::Upstream(error.to_string())),
             }
         }
     }
@@ -269,74 +274,87 @@ impl Pool {
     /// Sends `request` (its URI in origin form, its `Host` header set) to
     /// `address` on an idle connection or a new one. The response body
     /// keeps `guard` until it ends or is dropped.
-    pub async fn send(
-        &self,
+    ///
+    /// Like the bare path under it, it returns an `async move` block
+    /// rather than being an `async fn`, for the reason given at
+    /// [`crate::pipeline::handle`].
+    #[inline(always)]
+    #[allow(clippy::manual_async_fn)]
+    pub fn send<'a>(
+        &'a self,
         address: SocketAddr,
         mut request: Request<Body>,
+        added: Option<&'a Added<'_>>,
         guard: Guard,
-    ) -> Result<Response<PooledBody>, ProxyError> {
-        if request.body().is_end_stream() && !request.headers().contains_key(TRANSFER_ENCODING) {
-            return self.send_bare(address, request, guard).await;
-        }
-        loop {
-            let (mut upstream, reused) = match self.take(address) {
-                Some(upstream) => (upstream, true),
-                None => (connect(address).await?, false),
-            };
-            // A reused connection may have been closed by the upstream
-            // while it sat idle; polling it once notices that.
-            let ready = std::future::poll_fn(|cx| {
-                if upstream.drive(cx) {
-                    return Poll::Ready(false);
-                }
-                upstream.sender.poll_ready(cx).map(|result| result.is_ok())
-            })
-            .await;
-            if !ready {
-                if reused {
-                    continue;
-                }
-                return Err(ProxyError::Upstream(
-                    "the upstream closed a new connection".to_string(),
-                ));
+    ) -> impl Future<Output = Result<Response<PooledBody>, ProxyError>> + 'a {
+        async move {
+            if request.body().is_end_stream() && !request.headers().contains_key(TRANSFER_ENCODING)
+            {
+                return self.send_bare(address, request, added, guard).await;
             }
-
-            let mut connection_ended = false;
-            let result = {
-                let mut response = std::pin::pin!(upstream.sender.try_send_request(request));
-                std::future::poll_fn(|cx| {
-                    if !connection_ended {
-                        connection_ended = upstream.drive(cx);
+            if let Some(added) = added {
+                added.insert_into(request.headers_mut());
+            }
+            loop {
+                let (mut upstream, reused) = match self.take(address) {
+                    Some(upstream) => (upstream, true),
+                    None => (connect(address).await?, false),
+                };
+                // A reused connection may have been closed by the upstream
+                // while it sat idle; polling it once notices that.
+                let ready = std::future::poll_fn(|cx| {
+                    if upstream.drive(cx) {
+                        return Poll::Ready(false);
                     }
-                    response.as_mut().poll(cx)
+                    upstream.sender.poll_ready(cx).map(|result| result.is_ok())
                 })
-                .await
-            };
-            match result {
-                Ok(response) => {
-                    let (parts, body) = response.into_parts();
-                    let keep = (!connection_ended).then_some(upstream);
-                    let body = PooledBody {
-                        inner: Inner::Hyper {
-                            body,
-                            upstream: keep,
-                        },
-                        pool: Some(self.clone()),
-                        address,
-                        _guard: guard,
-                    };
-                    return Ok(Response::from_parts(parts, body.start()));
+                .await;
+                if !ready {
+                    if reused {
+                        continue;
+                    }
+                    return Err(ProxyError::Upstream(
+                        "the upstream closed a new connection".to_string(),
+                    ));
                 }
-                Err(mut error) => {
-                    // The request was not written: the connection closed
-                    // before it could be. Another connection may take it.
-                    match error.take_message() {
-                        Some(unsent) if reused => {
-                            request = unsent;
-                            continue;
+
+                let mut connection_ended = false;
+                let result = {
+                    let mut response = std::pin::pin!(upstream.sender.try_send_request(request));
+                    std::future::poll_fn(|cx| {
+                        if !connection_ended {
+                            connection_ended = upstream.drive(cx);
                         }
-                        _ => {
-                            return Err(ProxyError::Upstream(error_chain(&error.into_error())));
+                        response.as_mut().poll(cx)
+                    })
+                    .await
+                };
+                match result {
+                    Ok(response) => {
+                        let (parts, body) = response.into_parts();
+                        let keep = (!connection_ended).then_some(upstream);
+                        let body = PooledBody {
+                            inner: Inner::Hyper {
+                                body,
+                                upstream: keep,
+                            },
+                            pool: Some(self.clone()),
+                            address,
+                            _guard: guard,
+                        };
+                        return Ok(Response::from_parts(parts, body.start()));
+                    }
+                    Err(mut error) => {
+                        // The request was not written: the connection closed
+                        // before it could be. Another connection may take it.
+                        match error.take_message() {
+                            Some(unsent) if reused => {
+                                request = unsent;
+                                continue;
+                            }
+                            _ => {
+                                return Err(ProxyError::Upstream(error_chain(&error.into_error())));
+                            }
                         }
                     }
                 }

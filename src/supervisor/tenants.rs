@@ -41,6 +41,7 @@ use crate::compile::{PoolSettings, Snapshot, TenantSpec};
 use crate::config::expand::fill_port;
 use crate::hooks::{self, TenantEvent};
 use crate::log_shipping;
+use crate::lookup::LookupMap;
 use crate::reload::Reloader;
 
 /// Longest wait between restarts of a tenant that keeps failing.
@@ -363,7 +364,7 @@ pub struct TenantStatus {
 }
 
 pub struct Supervisor {
-    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    slots: Mutex<LookupMap<String, Arc<Slot>>>,
     /// Every live instance, including draining ones, by id.
     instances: Mutex<HashMap<u64, Arc<Instance>>>,
     gate: PoolGate,
@@ -399,7 +400,7 @@ pub struct Supervisor {
 impl Supervisor {
     pub fn new(settings: &PoolSettings) -> Arc<Supervisor> {
         Arc::new_cyclic(|weak_self| Supervisor {
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(LookupMap::default()),
             instances: Mutex::new(HashMap::new()),
             gate: PoolGate {
                 used: Mutex::new(0),
