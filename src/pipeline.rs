@@ -648,12 +648,7 @@ fn proxy_to_tenant<'a>(
                     // The client's body failed, not the tenant.
                     debug!(tenant = %tenant.name, request_id = ?context.request_id, error = %error, "request body failed while proxying");
                     context.record.answer = Answer::Error;
-                    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                        "413 the request body is larger than this server accepts"
-                    } else {
-                        "400 the request body could not be read"
-                    };
-                    return responses::text(status, message);
+                    return responses::body_failed(status);
                 }
                 let (status, message) = match error {
                     ProxyError::InvalidTarget(_) => (

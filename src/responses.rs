@@ -20,6 +20,17 @@ pub fn text(status: StatusCode, message: &str) -> Response<Body> {
     response
 }
 
+/// Builds the answer to a request whose body failed while it was being
+/// sent upstream: 413 when it exceeded the limit, else 400.
+pub fn body_failed(status: StatusCode) -> Response<Body> {
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "413 the request body is larger than this server accepts"
+    } else {
+        "400 the request body could not be read"
+    };
+    text(status, message)
+}
+
 /// Builds a small HTML error page with a title and one explanatory sentence.
 pub fn error_page(status: StatusCode, detail: &str) -> Response<Body> {
     let reason = status.canonical_reason().unwrap_or("Error");

@@ -253,12 +253,7 @@ pub async fn serve(
                 // The client's body failed, not the upstream.
                 debug!(route = %route.name, request_id = ?context.request_id, error = %proxy::error_chain(&error), "request body failed while proxying");
                 context.record.answer = Answer::Error;
-                let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    "413 the request body is larger than this server accepts"
-                } else {
-                    "400 the request body could not be read"
-                };
-                return responses::text(status, message);
+                return responses::body_failed(status);
             }
             warn!(
                 route = %route.name,
