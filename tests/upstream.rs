@@ -48,7 +48,7 @@ fn start_with_workers(workers: &str) -> Navigator {
     Navigator::start_in(dir, &tenant_config(), &[("NAVIGATOR_WORKERS", workers)])
 }
 
-/// Names of navigator's threads that serve connections.
+/// Counts navigator's threads that serve connections.
 fn worker_threads(navigator: &Navigator) -> usize {
     let tasks = format!("/proc/{}/task", navigator.child.id());
     std::fs::read_dir(tasks)
@@ -58,12 +58,26 @@ fn worker_threads(navigator: &Navigator) -> usize {
         .count()
 }
 
+/// Waits until `expected` worker threads carry their names. A new thread
+/// names itself once it runs, which on a busy machine can come after
+/// navigator already listens.
+fn wait_for_worker_threads(navigator: &Navigator, expected: usize) -> usize {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let count = worker_threads(navigator);
+        if count == expected || std::time::Instant::now() > deadline {
+            return count;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 const PAGE: &str = "/t/page?format=json";
 
 #[test]
 fn each_worker_keeps_its_own_upstream_connection() {
     let navigator = start_with_workers("2");
-    assert_eq!(worker_threads(&navigator), 2);
+    assert_eq!(wait_for_worker_threads(&navigator, 2), 2);
     // Every request comes on a client connection of its own, and client
     // connections go to the two workers in turn. So each worker makes one
     // upstream connection and reuses it.
