@@ -342,11 +342,7 @@ fn parse(bytes: &Bytes) -> Parsed {
         };
         headers.append(name, value);
     }
-    let keep_alive = if connection_field {
-        headers::keeps_alive(version, &headers)
-    } else {
-        headers::keeps_alive_by_default(version)
-    };
+    let keep_alive = headers::keeps_alive_noted(version, &headers, connection_field);
 
     let mut request = Request::new(RequestBody::Empty);
     *request.method_mut() = method;
@@ -585,10 +581,7 @@ fn encode_head(
     for (name, value) in headers {
         date |= name == DATE;
         connection |= name == CONNECTION;
-        output.extend_from_slice(name.as_str().as_bytes());
-        output.extend_from_slice(b": ");
-        output.extend_from_slice(value.as_bytes());
-        output.extend_from_slice(b"\r\n");
+        headers::write_field(output, name.as_str().as_bytes(), value.as_bytes());
     }
     if !date {
         output.extend_from_slice(b"date: ");

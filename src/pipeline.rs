@@ -61,7 +61,7 @@ pub struct RequestContext<'a> {
 /// an `async move` block rather than being an `async fn`. An `async fn`
 /// keeps its arguments twice in its state, as received and as locals,
 /// and copies them from one to the other when first polled. The block
-/// uses them where they were received. The state of each level holds the
+/// uses them where they were received. The state of each level contains the
 /// next, so this made the whole pipeline's state smaller as well
 /// (6,152 bytes before, 3,952 after). Each such function is inlined into
 /// its one caller, which then builds the state in place: returned from a

@@ -20,7 +20,7 @@ pub fn text(status: StatusCode, message: &str) -> Response<Body> {
     response
 }
 
-/// Builds the answer to a request whose body failed while it was being
+/// Builds the response to a request whose body failed while it was being
 /// sent upstream: 413 when it exceeded the limit, else 400.
 pub fn body_failed(status: StatusCode) -> Response<Body> {
     let message = if status == StatusCode::PAYLOAD_TOO_LARGE {

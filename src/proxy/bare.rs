@@ -34,7 +34,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::headers::Added;
+use super::headers::{Added, write_field};
 use crate::body::BoxError;
 
 /// Maximum number of header fields in one response head.
@@ -205,8 +205,8 @@ struct Head {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
-    /// Which of the fields that framing reads are present, noted while
-    /// parsing so that framing looks up only those.
+    /// The fields that framing reads, as far as present: noted while
+    /// parsing, so that framing looks up only those.
     seen: Seen,
 }
 
@@ -349,11 +349,8 @@ fn frame(method: &Method, head: &mut Head) -> Result<(Framing, bool), String> {
         && head.headers.remove(CONTENT_LENGTH).is_some();
     // Both headers: a message another intermediary may have read with
     // the other framing, so the connection is not trusted further.
-    let keeps_alive = if head.seen.connection {
-        super::headers::keeps_alive(head.version, &head.headers)
-    } else {
-        super::headers::keeps_alive_by_default(head.version)
-    };
+    let keeps_alive =
+        super::headers::keeps_alive_noted(head.version, &head.headers, head.seen.connection);
     let reusable = keeps_alive
         && framing != Framing::UntilClose
         && head.status != StatusCode::SWITCHING_PROTOCOLS
@@ -760,10 +757,7 @@ pub fn encode_head(parts: &Parts, added: Option<&Added<'_>>, out: &mut Vec<u8>) 
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if let Some(added) = added {
         added.write(out);

@@ -166,18 +166,27 @@ pub fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
     }
 }
 
-/// [`keeps_alive`] for a message without a `Connection` field.
-pub fn keeps_alive_by_default(version: Version) -> bool {
-    version != Version::HTTP_10
+/// Returns [`keeps_alive`] for a message whose parser noted whether it
+/// has a `Connection` field, looking the field up only if it has one.
+pub fn keeps_alive_noted(version: Version, headers: &HeaderMap, has_connection: bool) -> bool {
+    if has_connection {
+        keeps_alive(version, headers)
+    } else {
+        version != Version::HTTP_10
+    }
 }
 
-/// Removes hop-by-hop headers and every header named in `Connection`.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let present = Present::scan(headers);
-    remove_found_hop_by_hop(headers, present);
+/// Writes one field of a message head: `name: value` and CRLF.
+pub fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
-fn remove_found_hop_by_hop(headers: &mut HeaderMap, present: Present) {
+/// Removes hop-by-hop headers and every header named in `Connection`,
+/// of the kinds that `present` found in the map.
+fn remove_hop_by_hop(headers: &mut HeaderMap, present: Present) {
     if present.connection {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
@@ -239,23 +248,18 @@ impl Added<'_> {
     /// Writes the headers as lines of a request head, in the order
     /// [`Added::insert_into`] inserts them.
     pub fn write(&self, out: &mut Vec<u8>) {
+        // The address is written in place, without a header value.
         out.extend_from_slice(b"x-forwarded-for: ");
         out.extend_from_slice(&self.earlier_hops);
         write_address(self.peer, out);
         out.extend_from_slice(b"\r\n");
         if let Some(proto) = self.proto {
-            out.extend_from_slice(b"x-forwarded-proto: ");
-            out.extend_from_slice(proto.as_bytes());
-            out.extend_from_slice(b"\r\n");
+            write_field(out, b"x-forwarded-proto", proto.as_bytes());
         }
         if let Some(host) = self.host {
-            out.extend_from_slice(b"x-forwarded-host: ");
-            out.extend_from_slice(host.as_bytes());
-            out.extend_from_slice(b"\r\n");
+            write_field(out, b"x-forwarded-host", host.as_bytes());
         }
-        out.extend_from_slice(b"x-request-id: ");
-        out.extend_from_slice(self.request_id.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(out, b"x-request-id", self.request_id.as_bytes());
     }
 }
 
@@ -289,10 +293,10 @@ pub fn strip_request<'a>(
     if present.connection {
         // `Connection` may have named any header, so what is left is
         // looked at again.
-        remove_found_hop_by_hop(headers, present);
+        remove_hop_by_hop(headers, present);
         present = Present::scan(headers);
     } else {
-        remove_found_hop_by_hop(headers, present);
+        remove_hop_by_hop(headers, present);
     }
     if websocket {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
@@ -322,23 +326,18 @@ pub fn strip_request<'a>(
         headers.remove(X_FORWARDED_FOR);
     }
 
-    let keep_proto = forwarding.trust_proxy && present.forwarded_proto;
-    let proto = if keep_proto {
-        None
-    } else {
-        if present.forwarded_proto {
-            headers.remove(X_FORWARDED_PROTO);
-        }
-        Some(if forwarding.tls { "https" } else { "http" })
-    };
-    let keep_host = forwarding.trust_proxy && present.forwarded_host;
-    let host = if keep_host {
-        None
-    } else {
-        if present.forwarded_host {
-            headers.remove(X_FORWARDED_HOST);
-        }
+    let trusted = forwarding.trust_proxy;
+    let proto = replaces(
+        headers,
+        &X_FORWARDED_PROTO,
+        present.forwarded_proto,
+        trusted,
+    )
+    .then_some(if forwarding.tls { "https" } else { "http" });
+    let host = if replaces(headers, &X_FORWARDED_HOST, present.forwarded_host, trusted) {
         host
+    } else {
+        None
     };
     if present.request_id {
         headers.remove(X_REQUEST_ID);
@@ -350,6 +349,18 @@ pub fn strip_request<'a>(
         host,
         request_id,
     }
+}
+
+/// Returns whether the proxy sets `name` itself, removing the request's
+/// field if it has one. A field that a trusted proxy sent stays instead.
+fn replaces(headers: &mut HeaderMap, name: &HeaderName, present: bool, trusted: bool) -> bool {
+    if trusted && present {
+        return false;
+    }
+    if present {
+        headers.remove(name);
+    }
+    true
 }
 
 /// Formats an address as a header value.
@@ -388,7 +399,7 @@ pub fn prepare_response(headers: &mut HeaderMap, switching_protocols: bool) {
         return;
     }
     let upgrade = headers.get(UPGRADE).cloned();
-    remove_found_hop_by_hop(headers, present);
+    remove_hop_by_hop(headers, present);
     if switching_protocols {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         if let Some(upgrade) = upgrade {
@@ -540,8 +551,8 @@ mod tests {
         assert_eq!(kind(&HeaderName::from_static("x-forwarded")), Kind::Other);
     }
 
-    /// The fields of a head as sorted lines; lines of one name keep
-    /// their order.
+    /// Splits a head into its fields, sorted by name. Fields of one name
+    /// keep their order.
     fn lines(head: &[u8]) -> Vec<String> {
         let text = std::str::from_utf8(head).unwrap();
         let mut lines: Vec<String> = text
@@ -556,10 +567,7 @@ mod tests {
     fn written(headers: &HeaderMap) -> Vec<u8> {
         let mut out = Vec::new();
         for (name, value) in headers {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
+            write_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
         }
         out
     }
@@ -567,15 +575,18 @@ mod tests {
     #[test]
     fn written_additions_match_inserted_ones() {
         let mut cases = vec![request_headers(), HeaderMap::new()];
+
         let mut named = request_headers();
         named.insert(CONNECTION, HeaderValue::from_static("host, x-request-id"));
         named.insert(X_REQUEST_ID, HeaderValue::from_static("from-client"));
         cases.push(named);
+
         let mut many = request_headers();
         many.append(X_FORWARDED_FOR, HeaderValue::from_static("5.6.7.8"));
         many.insert("forwarded", HeaderValue::from_static("for=1.1.1.1"));
         many.insert("accept", HeaderValue::from_static("*/*"));
         cases.push(many);
+
         let id = HeaderValue::from_static("0123abcd");
         for headers in cases {
             for (trust_proxy, tls) in [(false, false), (true, false), (false, true), (true, true)] {
@@ -587,12 +598,14 @@ mod tests {
                         tls,
                         trust_proxy,
                     };
+
                     let mut inserted = headers.clone();
                     prepare_request(&mut inserted, host, forwarding, &id, false);
                     let mut stripped = headers.clone();
                     let added = strip_request(&mut stripped, host, forwarding, &id, false);
                     let mut head = written(&stripped);
                     added.write(&mut head);
+
                     assert_eq!(
                         lines(&head),
                         lines(&written(&inserted)),
@@ -601,6 +614,36 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn trusted_proxy_without_forwarding_headers_gets_them() {
+        let mut headers = HeaderMap::new();
+        let host = HeaderValue::from_static("example.test");
+        headers.insert(HOST, host.clone());
+        prepare_request(
+            &mut headers,
+            Some(&host),
+            forwarding(true),
+            &HeaderValue::from_static("id"),
+            false,
+        );
+        assert_eq!(headers[X_FORWARDED_FOR], "10.0.0.7");
+        assert_eq!(headers[X_FORWARDED_PROTO], "http");
+        assert_eq!(headers[X_FORWARDED_HOST], "example.test");
+    }
+
+    #[test]
+    fn untrusted_forwarded_host_removed_without_host() {
+        let mut headers = request_headers();
+        prepare_request(
+            &mut headers,
+            None,
+            forwarding(false),
+            &HeaderValue::from_static("id"),
+            false,
+        );
+        assert!(!headers.contains_key(X_FORWARDED_HOST));
     }
 
     #[test]
