@@ -1,5 +1,8 @@
 //! The response body type shared by every handler.
 
+use std::fs::File;
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -18,6 +21,13 @@ pub fn full(data: impl Into<Bytes>) -> Body {
         .map_err(|never| match never {})
         .boxed()
 }
+
+/// Marks a response whose body is the whole content of this open file.
+/// The lean HTTP/1 server then has the kernel send the file from the page
+/// cache (`sendfile`) rather than copy the body into the socket; other
+/// servers write the body.
+#[derive(Debug, Clone)]
+pub struct WholeFile(pub Arc<File>);
 
 /// Returns a body with no data.
 pub fn empty() -> Body {

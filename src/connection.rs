@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// Waits up to `timeout` for the client's first byte and returns it,
 /// left unread. `None` when none came (or the peer closed), and the
@@ -183,15 +183,99 @@ impl<F: Future + Unpin> Future for OnWake<F> {
     }
 }
 
-/// The connection's socket, recording traffic in its [`Activity`].
+/// The send timeout of a connection: a write that waits for the client
+/// to take bytes fails once the timeout has passed since the wait began.
+/// Each write that makes progress ends the wait, as with nginx's
+/// `send_timeout`, so a slow client that keeps reading is not cut off.
+/// Only a write that has to wait reads the clock.
+#[derive(Debug)]
+pub struct SendTimeout {
+    limit: Duration,
+    /// Whether `timer` runs for the current wait.
+    waiting: bool,
+}
+
+impl SendTimeout {
+    /// A zero `limit` waits without end.
+    pub fn new(limit: Duration) -> SendTimeout {
+        SendTimeout {
+            limit,
+            waiting: false,
+        }
+    }
+
+    /// Passes on the result of a write. A write that has to wait starts
+    /// the timer, kept in `timer`, unless it runs already; once it fires
+    /// the write fails with [`io::ErrorKind::TimedOut`].
+    pub fn check<T>(
+        &mut self,
+        timer: &mut Option<Pin<Box<Sleep>>>,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.waiting = false;
+            return polled;
+        }
+        if self.limit.is_zero() {
+            return Poll::Pending;
+        }
+        if !self.waiting {
+            let deadline = Instant::now() + self.limit;
+            match timer {
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => *timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.waiting = true;
+        }
+        match timer.as_mut().map(|sleep| sleep.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "sending the response timed out: the client took no bytes for {} s \
+                     (server.limits.send_timeout)",
+                    self.limit.as_secs_f64()
+                ),
+            ))),
+            _ => Poll::Pending,
+        }
+    }
+}
+
+/// Returns whether `error`, or an error that caused it, is a write that
+/// ran out of the send timeout.
+pub fn is_send_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error
+            .downcast_ref::<io::Error>()
+            .is_some_and(|error| error.kind() == io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// The connection's socket, recording traffic in its [`Activity`] and
+/// bounding writes with the send timeout.
 pub struct TrackedIo<T> {
     inner: T,
     activity: Arc<Activity>,
+    send_timeout: SendTimeout,
+    /// Made on the first write that has to wait, then reused.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T> TrackedIo<T> {
-    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
-        TrackedIo { inner, activity }
+    pub fn new(inner: T, activity: Arc<Activity>, send_timeout: Duration) -> Self {
+        TrackedIo {
+            inner,
+            activity,
+            send_timeout: SendTimeout::new(send_timeout),
+            timer: None,
+        }
     }
 }
 
@@ -216,19 +300,25 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_write(cx, data);
         if matches!(polled, Poll::Ready(Ok(written)) if written > 0) {
-            self.activity.touch();
+            this.activity.touch();
         }
-        polled
+        this.send_timeout.check(&mut this.timer, cx, polled)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        // A TLS stream's flush writes what it has buffered.
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.send_timeout.check(&mut this.timer, cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.send_timeout.check(&mut this.timer, cx, polled)
     }
 
     fn poll_write_vectored(
@@ -236,11 +326,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if matches!(polled, Poll::Ready(Ok(written)) if written > 0) {
-            self.activity.touch();
+            this.activity.touch();
         }
-        polled
+        this.send_timeout.check(&mut this.timer, cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -298,5 +389,39 @@ mod tests {
         assert!(!watch.is_finished(), "closed before the idle timeout");
         tokio::time::sleep(Duration::from_secs(16)).await;
         assert!(watch.is_finished());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unread_write_times_out() {
+        let (ours, _theirs) = tokio::io::duplex(1024);
+        let mut io = TrackedIo::new(ours, Activity::new(), Duration::from_secs(60));
+        let error = tokio::io::AsyncWriteExt::write_all(&mut io, &[b'x'; 1 << 20])
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_reader_write_finishes() {
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let reader = tokio::spawn(async move {
+            let mut received = 0;
+            let mut chunk = [0; 1024];
+            loop {
+                // Every pause is shorter than the send timeout; together
+                // they are far longer.
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                match tokio::io::AsyncReadExt::read(&mut theirs, &mut chunk).await {
+                    Ok(0) | Err(_) => return received,
+                    Ok(read) => received += read,
+                }
+            }
+        });
+        let mut io = TrackedIo::new(ours, Activity::new(), Duration::from_secs(60));
+        tokio::io::AsyncWriteExt::write_all(&mut io, &[b'x'; 16 * 1024])
+            .await
+            .unwrap();
+        drop(io);
+        assert_eq!(reader.await.unwrap(), 16 * 1024);
     }
 }

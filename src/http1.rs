@@ -11,6 +11,7 @@
 //! and encoder cost about a third of navigator's user time on a proxied
 //! keep-alive request (see docs/benchmarks.md).
 
+use std::fs::File;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -26,15 +27,16 @@ use http::{
 };
 use http_body::Body as _;
 use http_body_util::BodyExt;
+use tokio::io::Interest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use crate::app::App;
-use crate::body::{Body, RequestBody};
-use crate::connection::InFlight;
+use crate::body::{Body, RequestBody, WholeFile};
+use crate::connection::{InFlight, SendTimeout};
 use crate::pipeline::{self, Connection};
 use crate::proxy::headers;
 
@@ -65,6 +67,9 @@ pub struct Limits {
     /// Maximum length of a request head. A longer one goes to hyper, which
     /// responds 431.
     pub max_header_bytes: usize,
+    /// Time a write may wait for the client to take bytes; zero waits
+    /// without end.
+    pub send_timeout: Duration,
 }
 
 /// The end of serving a connection.
@@ -198,9 +203,14 @@ pub async fn serve(
             is_head,
             keep_alive: keep_alive && !shutting_down(),
         };
-        match write_response(stream, &mut output, response, reply).await {
+        let mut sink = Socket::new(stream, limits.send_timeout, &mut timer);
+        match write_response(&mut sink, &mut output, response, reply).await {
             Ok(true) => {}
             Ok(false) => return Ending::Closed,
+            Err(error) if error.kind() == io::ErrorKind::TimedOut => {
+                info!(peer = %connection.peer, error = %error, "closing a connection whose client stopped reading");
+                return Ending::Closed;
+            }
             Err(error) => {
                 debug!(peer = %connection.peer, error = %error, "writing a response failed");
                 return Ending::Closed;
@@ -377,13 +387,14 @@ enum Framing {
 
 /// Writes `response` and returns whether the connection may serve
 /// another request.
-async fn write_response<W: AsyncWrite + Unpin>(
+async fn write_response<W: Sink>(
     stream: &mut W,
     output: &mut Vec<u8>,
     response: Response<Body>,
     reply: Reply,
 ) -> io::Result<bool> {
-    let (parts, mut body) = response.into_parts();
+    let (mut parts, mut body) = response.into_parts();
+    let whole_file = parts.extensions.remove::<WholeFile>();
     let mut headers = parts.headers;
     let status = parts.status;
     // One pass over the few fields of a response finds the ones that
@@ -452,6 +463,23 @@ async fn write_response<W: AsyncWrite + Unpin>(
         drop(body);
         stream.write_all(output).await?;
         return Ok(keep_alive);
+    }
+    if let (Framing::Length(length), Some(WholeFile(file))) = (framing, whole_file) {
+        if stream.sends_files() {
+            stream.write_all(output).await?;
+            let sent = send_file(stream, &file, length).await?;
+            // The body holds the same bytes. Reading it counts them for
+            // the access log and ends the request.
+            while let Some(Ok(_)) = body.frame().await {}
+            if sent < length {
+                warn!(
+                    declared = length,
+                    sent, "static file shrank while it was sent; closing the connection"
+                );
+                return Ok(false);
+            }
+            return Ok(keep_alive);
+        }
     }
 
     let mut written: u64 = 0;
@@ -537,13 +565,139 @@ async fn write_response<W: AsyncWrite + Unpin>(
     Ok(keep_alive && framing != Framing::UntilClose)
 }
 
+/// Sends the first `length` bytes of `file` and returns how many went, fewer
+/// when the file is shorter now.
+async fn send_file<W: Sink>(stream: &mut W, file: &File, length: u64) -> io::Result<u64> {
+    let mut offset: libc::off_t = 0;
+    loop {
+        let sent = u64::try_from(offset).unwrap_or(0);
+        if sent >= length {
+            return Ok(sent);
+        }
+        // Linux sends at most about 2 GiB per call.
+        let count = usize::try_from(length - sent)
+            .unwrap_or(usize::MAX)
+            .min(1 << 30);
+        let written =
+            std::future::poll_fn(|cx| stream.poll_send_file(cx, file, &mut offset, count)).await?;
+        if written == 0 {
+            return Ok(sent);
+        }
+    }
+}
+
+/// Where the lean server writes a response.
+trait Sink: AsyncWrite + Unpin {
+    /// Whether [`Sink::poll_send_file`] works here.
+    fn sends_files(&self) -> bool {
+        false
+    }
+
+    /// Sends up to `count` bytes of `file` from `offset`, which it moves
+    /// past them, and returns how many went.
+    fn poll_send_file(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _file: &File,
+        _offset: &mut libc::off_t,
+        _count: usize,
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
+    }
+}
+
+/// The client's socket, with the connection's send timeout.
+struct Socket<'a> {
+    stream: &'a mut TcpStream,
+    send_timeout: SendTimeout,
+    /// The connection's timer, shared with the reads between requests.
+    timer: &'a mut Option<Pin<Box<Sleep>>>,
+}
+
+impl<'a> Socket<'a> {
+    fn new(
+        stream: &'a mut TcpStream,
+        send_timeout: Duration,
+        timer: &'a mut Option<Pin<Box<Sleep>>>,
+    ) -> Socket<'a> {
+        Socket {
+            stream,
+            send_timeout: SendTimeout::new(send_timeout),
+            timer,
+        }
+    }
+}
+
+impl AsyncWrite for Socket<'_> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut *this.stream).poll_write(cx, data);
+        this.send_timeout.check(this.timer, cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        slices: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut *this.stream).poll_write_vectored(cx, slices);
+        this.send_timeout.check(this.timer, cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.stream).poll_shutdown(cx)
+    }
+}
+
+impl Sink for Socket<'_> {
+    fn sends_files(&self) -> bool {
+        true
+    }
+
+    fn poll_send_file(
+        &mut self,
+        cx: &mut Context<'_>,
+        file: &File,
+        offset: &mut libc::off_t,
+        count: usize,
+    ) -> Poll<io::Result<usize>> {
+        let polled = loop {
+            match self.stream.poll_write_ready(cx) {
+                Poll::Pending => break Poll::Pending,
+                Poll::Ready(Err(error)) => break Poll::Ready(Err(error)),
+                Poll::Ready(Ok(())) => {}
+            }
+            let socket = &*self.stream;
+            let sent = socket.try_io(Interest::WRITABLE, || {
+                nix::sys::sendfile::sendfile(socket, file, Some(&mut *offset), count)
+                    .map_err(io::Error::from)
+            });
+            match sent {
+                // The readiness was stale; `try_io` cleared it.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                sent => break Poll::Ready(sent),
+            }
+        };
+        self.send_timeout.check(self.timer, cx, polled)
+    }
+}
+
 /// Writes `first` then `second`, in one system call where the kernel
 /// takes both.
-async fn write_both<W: AsyncWrite + Unpin>(
-    stream: &mut W,
-    first: &[u8],
-    second: &[u8],
-) -> io::Result<()> {
+async fn write_both<W: Sink>(stream: &mut W, first: &[u8], second: &[u8]) -> io::Result<()> {
     let (mut first, mut second) = (first, second);
     while !first.is_empty() {
         let slices = [IoSlice::new(first), IoSlice::new(second)];
@@ -1048,5 +1202,149 @@ mod tests {
         let mut text = String::new();
         rewound.read_to_string(&mut text).await.unwrap();
         assert_eq!(text, "hello world");
+    }
+
+    impl Sink for tokio::io::DuplexStream {}
+
+    /// A connected pair of loopback sockets: navigator's end and the
+    /// client's.
+    async fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (accepted.unwrap().0, client.unwrap())
+    }
+
+    /// A body of `data` that notes when its frame is read.
+    fn noting_body(data: Vec<u8>, read: &Arc<std::sync::atomic::AtomicBool>) -> Body {
+        let read = read.clone();
+        let frames =
+            futures_util::StreamExt::map(futures_util::stream::iter([data]), move |data| {
+                read.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok::<_, crate::body::BoxError>(http_body::Frame::data(Bytes::from(data)))
+            });
+        StreamBody::new(frames).boxed()
+    }
+
+    /// A response that marks `file` as its whole body, with a body of the
+    /// same length that holds other bytes, so the client shows which went
+    /// out.
+    fn whole_file_response(
+        file: std::fs::File,
+        length: usize,
+        read: &Arc<std::sync::atomic::AtomicBool>,
+    ) -> Response<Body> {
+        let mut response = Response::new(noting_body(vec![b'-'; length], read));
+        response
+            .headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(length));
+        response.extensions_mut().insert(WholeFile(Arc::new(file)));
+        response
+    }
+
+    async fn read_to_end(mut client: TcpStream) -> Vec<u8> {
+        let mut received = Vec::new();
+        client.read_to_end(&mut received).await.unwrap();
+        received
+    }
+
+    #[tokio::test]
+    async fn whole_file_sent_from_disk() {
+        let contents: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, &contents).unwrap();
+        let read = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let response = whole_file_response(file, contents.len(), &read);
+
+        let (mut server, client) = socket_pair().await;
+        let reader = tokio::spawn(read_to_end(client));
+        let mut timer = None;
+        let mut sink = Socket::new(&mut server, Duration::from_secs(60), &mut timer);
+        let mut output = Vec::new();
+        let keep_alive = write_response(&mut sink, &mut output, response, GET_11)
+            .await
+            .unwrap();
+        drop(server);
+        let received = reader.await.unwrap();
+
+        assert!(keep_alive);
+        let head_end = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(received[head_end..], contents[..]);
+        // Reading the body is what counts its bytes in the access log.
+        assert!(read.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn whole_file_falls_back_to_body() {
+        let file = tempfile::tempfile().unwrap();
+        let read = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (text, keep_alive) = written(whole_file_response(file, 5, &read), GET_11).await;
+        assert!(keep_alive);
+        assert!(text.ends_with("\r\n\r\n-----"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn shrunk_file_closes_connection() {
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, b"short").unwrap();
+        let read = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let response = whole_file_response(file, 100_000, &read);
+
+        let (mut server, client) = socket_pair().await;
+        let reader = tokio::spawn(read_to_end(client));
+        let mut timer = None;
+        let mut sink = Socket::new(&mut server, Duration::from_secs(60), &mut timer);
+        let keep_alive = write_response(&mut sink, &mut Vec::new(), response, GET_11)
+            .await
+            .unwrap();
+        drop(server);
+        let received = reader.await.unwrap();
+
+        assert!(!keep_alive);
+        assert!(received.ends_with(b"\r\n\r\nshort"));
+    }
+
+    /// A body far larger than the socket buffers on both ends.
+    fn large_body() -> Response<Body> {
+        Response::new(crate::body::full(vec![b'x'; 64 << 20]))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stalled_client_times_out() {
+        let (mut server, _client) = socket_pair().await;
+        let mut timer = None;
+        let mut sink = Socket::new(&mut server, Duration::from_secs(60), &mut timer);
+        let error = write_response(&mut sink, &mut Vec::new(), large_body(), GET_11)
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+    }
+
+    /// Real time: with the clock paused, the runtime may move it on before
+    /// the kernel reports the room that a read made.
+    #[tokio::test]
+    async fn slow_reader_gets_whole_body() {
+        let (mut server, mut client) = socket_pair().await;
+        let reader = tokio::spawn(async move {
+            let mut received = 0;
+            let mut chunk = vec![0; 1 << 20];
+            loop {
+                // Each pause is shorter than the send timeout; together
+                // they are longer.
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                match client.read(&mut chunk).await.unwrap() {
+                    0 => return received,
+                    read => received += read,
+                }
+            }
+        });
+        let body = Response::new(crate::body::full(vec![b'x'; 16 << 20]));
+        let mut timer = None;
+        let mut sink = Socket::new(&mut server, Duration::from_secs(1), &mut timer);
+        write_response(&mut sink, &mut Vec::new(), body, GET_11)
+            .await
+            .unwrap();
+        drop(server);
+        assert!(reader.await.unwrap() > 16 << 20);
     }
 }

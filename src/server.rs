@@ -124,6 +124,7 @@ pub async fn serve(
     let mut http1_only = http1::Builder::new();
     let header_read_timeout = limits.header_read_timeout.get();
     let idle_timeout = limits.idle_connection_timeout.get();
+    let send_timeout = limits.send_timeout.get();
     // hyper answers 431 to a head larger than its read buffer, which has
     // a floor of 8 KiB. Its header timer also runs while an idle
     // keep-alive connection waits for the next request, so HTTP/1.1
@@ -162,6 +163,7 @@ pub async fn serve(
             header_read_timeout.min(idle_timeout)
         },
         max_header_bytes,
+        send_timeout,
     };
 
     let address = listener.local_addr().ok();
@@ -371,7 +373,7 @@ impl Accepted {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         O: FnOnce(ServedIo<S>, RequestService) -> C,
         C: GracefulConnection<Output = Result<(), R>>,
-        R: std::fmt::Display,
+        R: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let Accepted {
             app,
@@ -380,7 +382,7 @@ impl Accepted {
             permit,
             guard,
             idle_timeout,
-            lean: _,
+            lean,
         } = self;
         let mut closing = guard.0.closing.subscribe();
         let activity = connection::Activity::new();
@@ -389,7 +391,11 @@ impl Accepted {
             connection,
             activity: activity.clone(),
         };
-        let io = TokioIo::new(connection::TrackedIo::new(stream, activity.clone()));
+        let io = TokioIo::new(connection::TrackedIo::new(
+            stream,
+            activity.clone(),
+            lean.send_timeout,
+        ));
         let conn = open(io, service);
         tokio::pin!(conn);
         // The watchers are polled only when their own event wakes them,
@@ -417,8 +423,14 @@ impl Accepted {
                 conn.await
             }
         };
-        if let Err(error) = result {
-            debug!(peer = %connection.peer, error = %error, "connection ended with an error");
+        match result.map_err(Into::into) {
+            Ok(()) => {}
+            Err(error) if connection::is_send_timeout(&*error) => {
+                info!(peer = %connection.peer, error = %error, "closing a connection whose client stopped reading");
+            }
+            Err(error) => {
+                debug!(peer = %connection.peer, error = %error, "connection ended with an error");
+            }
         }
         drop(permit);
         drop(guard);

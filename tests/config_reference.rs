@@ -93,6 +93,7 @@ max_body_bytes = "100M"
 max_connections = 100
 shutdown_timeout = "30s"
 idle_connection_timeout = "2m"
+send_timeout = "1m"
 
 [server.status]
 enabled = true

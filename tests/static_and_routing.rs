@@ -282,3 +282,84 @@ fn h2c_upgrade_header_not_honoured() {
     assert_eq!(response.status, 200);
     assert_eq!(response.text(), "<h1>studios</h1>\n");
 }
+
+/// Splits pipelined responses that all carry `Content-Length`.
+fn split_responses(mut raw: &[u8]) -> Vec<support::HttpResponse> {
+    let mut responses = Vec::new();
+    while let Some(end) = raw.windows(4).position(|window| window == b"\r\n\r\n") {
+        let head = support::parse_response(&raw[..end + 4], true).expect("response head");
+        let length: usize = head
+            .header("content-length")
+            .and_then(|value| value.parse().ok())
+            .expect("content-length");
+        let body_end = (end + 4 + length).min(raw.len());
+        let mut response = head;
+        response.body = raw[end + 4..body_end].to_vec();
+        responses.push(response);
+        raw = &raw[body_end..];
+    }
+    responses
+}
+
+/// A file large enough to be sent with `sendfile` once it is cached: the
+/// first request reads it from disk, the next ones come from the cache.
+#[test]
+fn large_file_same_from_cache() {
+    let navigator = showcase_with_routes(false);
+    let contents: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    std::fs::write(navigator.path("public/assets/bundle.js"), &contents).unwrap();
+    let request = "GET /showcase/assets/bundle.js HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let last =
+        "GET /showcase/assets/bundle.js HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let raw = support::raw_exchange(
+        navigator.address,
+        format!("{request}{request}{last}").as_bytes(),
+        Duration::from_secs(30),
+    );
+    let responses = split_responses(&raw);
+    assert_eq!(responses.len(), 3);
+    for response in &responses {
+        assert_eq!(response.status, 200);
+        assert!(response.body == contents, "body differs from the file");
+    }
+    // Each access record counts the bytes that went out.
+    assert!(support::eventually(Duration::from_secs(5), || {
+        navigator.logs.count("bytes=300000") == 3
+    }));
+}
+
+#[test]
+fn stalled_client_released() {
+    let showcase = Showcase {
+        events: 1,
+        extra: "\n[server.limits]\nsend_timeout = \"1s\"\n".to_string(),
+        ..Showcase::default()
+    };
+    let navigator = start_showcase(&showcase);
+    // Larger than the socket buffers of both ends together.
+    let size = 48 << 20;
+    std::fs::write(navigator.path("public/large.bin"), vec![b'x'; size]).unwrap();
+    let mut stream = std::net::TcpStream::connect(navigator.address).unwrap();
+    std::io::Write::write_all(
+        &mut stream,
+        b"GET /showcase/large.bin HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .unwrap();
+    // The client reads nothing. navigator gives up on the response and
+    // writes its access record with the bytes that went out.
+    let line = navigator
+        .logs
+        .wait_for("/showcase/large.bin", Duration::from_secs(20))
+        .expect("access record of the abandoned response");
+    let bytes: usize = support::parse_field(&line, "bytes")
+        .and_then(|value| value.parse().ok())
+        .expect("bytes field");
+    assert!(bytes < size, "{line}");
+    assert!(
+        navigator
+            .logs
+            .wait_for("client stopped reading", Duration::from_secs(5))
+            .is_some()
+    );
+    drop(stream);
+}

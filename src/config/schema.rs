@@ -245,6 +245,9 @@ pub struct Limits {
     pub shutdown_timeout: Duration,
     /// Keep-alive connections idle this long are closed.
     pub idle_connection_timeout: Duration,
+    /// A response write that waits this long for the client to take any
+    /// bytes closes the connection; zero waits without end.
+    pub send_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -256,6 +259,7 @@ impl Default for Limits {
             max_connections: 10_000,
             shutdown_timeout: Duration::from_secs(30),
             idle_connection_timeout: Duration::from_secs(120),
+            send_timeout: Duration::from_secs(60),
         }
     }
 }

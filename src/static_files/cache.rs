@@ -16,7 +16,7 @@
 //! pool.
 
 use std::collections::HashMap;
-use std::fs::Metadata;
+use std::fs::{File, Metadata};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -26,7 +26,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, Response, StatusCode, header};
 
-use crate::body::{self, Body};
+use crate::body::{self, Body, WholeFile};
 
 /// How long an entry is served on its `stat` check alone.
 pub(super) const FRESH_FOR: Duration = Duration::from_secs(1);
@@ -34,6 +34,10 @@ pub(super) const FRESH_FOR: Duration = Duration::from_secs(1);
 /// app's JavaScript and CSS bundles (an estimate of their size), so they
 /// are written from memory rather than read in chunks each time.
 pub(super) const MAX_FILE_BYTES: usize = 1024 * 1024;
+/// Files at least this large are also kept open, and a hit on one is
+/// marked for `sendfile` ([`WholeFile`]). Below it a copy costs less than
+/// the extra system call.
+pub(super) const SEND_FILE_MIN_BYTES: u64 = 64 * 1024;
 /// The bodies kept, all entries together. When a new body does not fit,
 /// expired entries go first, then the oldest.
 const MAX_TOTAL_BYTES: usize = 16 * 1024 * 1024;
@@ -65,6 +69,8 @@ impl Fingerprint {
 pub(super) struct Served {
     pub(super) path: PathBuf,
     pub(super) fingerprint: Fingerprint,
+    /// The handle itself, for files of [`SEND_FILE_MIN_BYTES`] or more.
+    pub(super) file: Option<Arc<File>>,
 }
 
 #[derive(Debug)]
@@ -73,6 +79,10 @@ struct Entry {
     fingerprint: Fingerprint,
     headers: HeaderMap,
     body: Bytes,
+    /// The file whose contents `body` holds, open for `sendfile`. The
+    /// `stat` check before each hit makes sure the path still names it,
+    /// unchanged.
+    file: Option<Arc<File>>,
     loaded: Instant,
 }
 
@@ -152,6 +162,9 @@ impl FileCache {
             body::full(entry.body.clone())
         });
         *response.headers_mut() = entry.headers.clone();
+        if let (false, Some(file)) = (head, &entry.file) {
+            response.extensions_mut().insert(WholeFile(file.clone()));
+        }
         Some(response)
     }
 
@@ -177,6 +190,7 @@ impl FileCache {
             fingerprint: served.fingerprint,
             headers: headers.clone(),
             body: body.clone(),
+            file: served.file,
             loaded: Instant::now(),
         });
         let mut state = self.write();
