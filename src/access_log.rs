@@ -3,6 +3,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -167,10 +169,18 @@ fn header_text(value: &Option<HeaderValue>) -> &str {
 }
 
 /// Wraps `body` so the record is written once the body has been sent or
-/// dropped, with the number of bytes that went out. `guards` (those that
-/// count the request as in flight) are dropped just after the record: one
-/// wrapper serves them all, rather than one boxed layer each.
-pub fn log_on_completion<G>(body: Body, mut record: AccessRecord, status: u16, guards: G) -> Body
+/// dropped, with the number of bytes that went out: those read from the
+/// body, plus `sent_elsewhere` for a server that sent the response's file
+/// instead of reading the body. `guards` (those that count the request as
+/// in flight) are dropped just after the record: one wrapper serves them
+/// all, rather than one boxed layer each.
+pub fn log_on_completion<G>(
+    body: Body,
+    mut record: AccessRecord,
+    status: u16,
+    sent_elsewhere: Option<Arc<AtomicU64>>,
+    guards: G,
+) -> Body
 where
     G: Send + Sync + Unpin + 'static,
 {
@@ -178,6 +188,7 @@ where
     CountingBody {
         inner: body,
         record,
+        sent_elsewhere,
         _guards: guards,
     }
     .boxed()
@@ -186,7 +197,16 @@ where
 struct CountingBody<G> {
     inner: Body,
     record: AccessRecord,
+    sent_elsewhere: Option<Arc<AtomicU64>>,
     _guards: G,
+}
+
+impl<G> Drop for CountingBody<G> {
+    fn drop(&mut self) {
+        if let Some(sent) = &self.sent_elsewhere {
+            self.record.bytes += sent.load(Ordering::Relaxed);
+        }
+    }
 }
 
 impl<G: Unpin> HttpBody for CountingBody<G> {
@@ -241,7 +261,7 @@ mod tests {
     #[tokio::test]
     async fn guards_dropped_once_the_body_has_ended() {
         let guard = std::sync::Arc::new(());
-        let body = log_on_completion(crate::body::full("abc"), record(), 200, guard.clone());
+        let body = log_on_completion(crate::body::full("abc"), record(), 200, None, guard.clone());
         assert_eq!(std::sync::Arc::strong_count(&guard), 2);
         let collected = body.collect().await.unwrap().to_bytes();
         assert_eq!(&collected[..], b"abc");

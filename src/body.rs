@@ -1,7 +1,9 @@
 //! The response body type shared by every handler.
 
 use std::fs::File;
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -23,11 +25,32 @@ pub fn full(data: impl Into<Bytes>) -> Body {
 }
 
 /// Marks a response whose body is the whole content of this open file.
-/// The lean HTTP/1 server then has the kernel send the file from the page
-/// cache (`sendfile`) rather than copy the body into the socket; other
-/// servers write the body.
+/// The lean HTTP/1 server has the kernel send the file from the page cache
+/// (`sendfile`) rather than copy the body into the socket. Other servers
+/// write the body.
 #[derive(Debug, Clone)]
-pub struct WholeFile(pub Arc<File>);
+pub struct WholeFile {
+    pub file: Arc<File>,
+    /// For log lines.
+    pub path: Arc<Path>,
+    /// The file's version when the response was made, to notice a change
+    /// while it is sent.
+    pub modified: (i64, i64),
+    /// Bytes sent from the file, which the access record adds to those
+    /// read from the body.
+    pub sent: Arc<AtomicU64>,
+}
+
+impl WholeFile {
+    pub fn new(file: File, path: &Path, modified: (i64, i64)) -> WholeFile {
+        WholeFile {
+            file: Arc::new(file),
+            path: Arc::from(path),
+            modified,
+            sent: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
 
 /// Returns a body with no data.
 pub fn empty() -> Body {

@@ -188,6 +188,9 @@ impl<F: Future + Unpin> Future for OnWake<F> {
 /// Each write that makes progress ends the wait, as with nginx's
 /// `send_timeout`, so a slow client that keeps reading is not cut off.
 /// Only a write that has to wait reads the clock.
+///
+/// NOTE: an HTTP/2 stream that waits for the client to grant
+/// flow-control window makes no write, so this timeout does not see it.
 #[derive(Debug)]
 pub struct SendTimeout {
     limit: Duration,
@@ -242,20 +245,21 @@ impl SendTimeout {
     }
 }
 
-/// Returns whether `error`, or an error that caused it, is a write that
-/// ran out of the send timeout.
-pub fn is_send_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+/// Returns the write that ran out of the send timeout when it is `error`
+/// or an error that caused it.
+pub fn send_timeout_cause<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a io::Error> {
     let mut cause = Some(error);
     while let Some(error) = cause {
-        if error
-            .downcast_ref::<io::Error>()
-            .is_some_and(|error| error.kind() == io::ErrorKind::TimedOut)
-        {
-            return true;
+        if let Some(io_error) = error.downcast_ref::<io::Error>() {
+            if io_error.kind() == io::ErrorKind::TimedOut {
+                return Some(io_error);
+            }
         }
         cause = error.source();
     }
-    false
+    None
 }
 
 /// The connection's socket, recording traffic in its [`Activity`] and

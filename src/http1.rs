@@ -14,8 +14,10 @@
 use std::fs::File;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
+use std::os::unix::fs::MetadataExt;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -464,21 +466,15 @@ async fn write_response<W: Sink>(
         stream.write_all(output).await?;
         return Ok(keep_alive);
     }
-    if let (Framing::Length(length), Some(WholeFile(file))) = (framing, whole_file) {
+    if let (Framing::Length(length), Some(whole_file)) = (framing, whole_file) {
         if stream.sends_files() {
+            // The body holds the same bytes and is dropped unread once the
+            // file has been sent (or the send failed): the access record,
+            // written then, counts what `send_file` sent.
             stream.write_all(output).await?;
-            let sent = send_file(stream, &file, length).await?;
-            // The body holds the same bytes. Reading it counts them for
-            // the access log and ends the request.
-            while let Some(Ok(_)) = body.frame().await {}
-            if sent < length {
-                warn!(
-                    declared = length,
-                    sent, "static file shrank while it was sent; closing the connection"
-                );
-                return Ok(false);
-            }
-            return Ok(keep_alive);
+            let sent = send_file(stream, &whole_file, length).await?;
+            drop(body);
+            return Ok(keep_alive && whole_file_intact(&whole_file, sent, length));
         }
     }
 
@@ -565,9 +561,14 @@ async fn write_response<W: Sink>(
     Ok(keep_alive && framing != Framing::UntilClose)
 }
 
-/// Sends the first `length` bytes of `file` and returns how many went, fewer
-/// when the file is shorter now.
-async fn send_file<W: Sink>(stream: &mut W, file: &File, length: u64) -> io::Result<u64> {
+/// Sends the first `length` bytes of the file and returns how many went,
+/// fewer when the file is shorter now. The count is kept in the file's
+/// `sent` as it grows, for the access record.
+async fn send_file<W: Sink>(
+    stream: &mut W,
+    whole_file: &WholeFile,
+    length: u64,
+) -> io::Result<u64> {
     let mut offset: libc::off_t = 0;
     loop {
         let sent = u64::try_from(offset).unwrap_or(0);
@@ -578,12 +579,45 @@ async fn send_file<W: Sink>(stream: &mut W, file: &File, length: u64) -> io::Res
         let count = usize::try_from(length - sent)
             .unwrap_or(usize::MAX)
             .min(1 << 30);
+        let file = &whole_file.file;
         let written =
             std::future::poll_fn(|cx| stream.poll_send_file(cx, file, &mut offset, count)).await?;
         if written == 0 {
             return Ok(sent);
         }
+        whole_file.sent.fetch_add(written as u64, Ordering::Relaxed);
     }
+}
+
+/// Returns whether the client got the file as its headers describe it:
+/// all of it, unchanged while it was sent. A file changed in place (not
+/// replaced) during the send may have reached the client mixed; the
+/// connection then closes, so that the client does not reuse it, and the
+/// change is logged.
+fn whole_file_intact(whole_file: &WholeFile, sent: u64, length: u64) -> bool {
+    if sent < length {
+        warn!(
+            path = %whole_file.path.display(),
+            declared = length,
+            sent,
+            "static file shrank while it was sent; closing the connection"
+        );
+        return false;
+    }
+    let changed = whole_file
+        .file
+        .metadata()
+        .map(|metadata| (metadata.ctime(), metadata.ctime_nsec()) != whole_file.modified)
+        .unwrap_or(true);
+    if changed {
+        warn!(
+            path = %whole_file.path.display(),
+            length,
+            "static file changed while it was sent; the client may have mixed contents; closing the connection"
+        );
+        return false;
+    }
+    true
 }
 
 /// Where the lean server writes a response.
@@ -1228,18 +1262,37 @@ mod tests {
 
     /// A response that marks `file` as its whole body, with a body of the
     /// same length that holds other bytes, so the client shows which went
-    /// out.
+    /// out. `modified` is the version the response was made for: the
+    /// file's own, unless a test says otherwise.
     fn whole_file_response(
         file: std::fs::File,
         length: usize,
         read: &Arc<std::sync::atomic::AtomicBool>,
-    ) -> Response<Body> {
+        modified: Option<(i64, i64)>,
+    ) -> (Response<Body>, WholeFile) {
+        let metadata = file.metadata().unwrap();
+        let modified = modified.unwrap_or((metadata.ctime(), metadata.ctime_nsec()));
+        let whole_file = WholeFile::new(file, std::path::Path::new("bundle.js"), modified);
         let mut response = Response::new(noting_body(vec![b'-'; length], read));
         response
             .headers_mut()
             .insert(CONTENT_LENGTH, HeaderValue::from(length));
-        response.extensions_mut().insert(WholeFile(Arc::new(file)));
-        response
+        response.extensions_mut().insert(whole_file.clone());
+        (response, whole_file)
+    }
+
+    /// Writes `response` to a loopback socket and returns whether the
+    /// connection may go on, and what the client received.
+    async fn sent_on_socket(response: Response<Body>) -> (bool, Vec<u8>) {
+        let (mut server, client) = socket_pair().await;
+        let reader = tokio::spawn(read_to_end(client));
+        let mut timer = None;
+        let mut sink = Socket::new(&mut server, Duration::from_secs(60), &mut timer);
+        let keep_alive = write_response(&mut sink, &mut Vec::new(), response, GET_11)
+            .await
+            .unwrap();
+        drop(server);
+        (keep_alive, reader.await.unwrap())
     }
 
     async fn read_to_end(mut client: TcpStream) -> Vec<u8> {
@@ -1254,33 +1307,31 @@ mod tests {
         let mut file = tempfile::tempfile().unwrap();
         std::io::Write::write_all(&mut file, &contents).unwrap();
         let read = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let response = whole_file_response(file, contents.len(), &read);
+        let (response, whole_file) = whole_file_response(file, contents.len(), &read, None);
 
-        let (mut server, client) = socket_pair().await;
-        let reader = tokio::spawn(read_to_end(client));
-        let mut timer = None;
-        let mut sink = Socket::new(&mut server, Duration::from_secs(60), &mut timer);
-        let mut output = Vec::new();
-        let keep_alive = write_response(&mut sink, &mut output, response, GET_11)
-            .await
-            .unwrap();
-        drop(server);
-        let received = reader.await.unwrap();
+        let (keep_alive, received) = sent_on_socket(response).await;
 
         assert!(keep_alive);
         let head_end = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         assert_eq!(received[head_end..], contents[..]);
-        // Reading the body is what counts its bytes in the access log.
-        assert!(read.load(std::sync::atomic::Ordering::SeqCst));
+        // The access record counts the bytes sent from the file, and the
+        // body's copy of them is not counted again.
+        assert_eq!(
+            whole_file.sent.load(Ordering::Relaxed),
+            contents.len() as u64
+        );
+        assert!(!read.load(Ordering::SeqCst));
     }
 
     #[tokio::test]
     async fn whole_file_falls_back_to_body() {
         let file = tempfile::tempfile().unwrap();
         let read = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (text, keep_alive) = written(whole_file_response(file, 5, &read), GET_11).await;
+        let (response, whole_file) = whole_file_response(file, 5, &read, None);
+        let (text, keep_alive) = written(response, GET_11).await;
         assert!(keep_alive);
         assert!(text.ends_with("\r\n\r\n-----"), "{text}");
+        assert_eq!(whole_file.sent.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
@@ -1288,20 +1339,27 @@ mod tests {
         let mut file = tempfile::tempfile().unwrap();
         std::io::Write::write_all(&mut file, b"short").unwrap();
         let read = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let response = whole_file_response(file, 100_000, &read);
+        let (response, whole_file) = whole_file_response(file, 100_000, &read, None);
 
-        let (mut server, client) = socket_pair().await;
-        let reader = tokio::spawn(read_to_end(client));
-        let mut timer = None;
-        let mut sink = Socket::new(&mut server, Duration::from_secs(60), &mut timer);
-        let keep_alive = write_response(&mut sink, &mut Vec::new(), response, GET_11)
-            .await
-            .unwrap();
-        drop(server);
-        let received = reader.await.unwrap();
+        let (keep_alive, received) = sent_on_socket(response).await;
 
         assert!(!keep_alive);
         assert!(received.ends_with(b"\r\n\r\nshort"));
+        assert_eq!(whole_file.sent.load(Ordering::Relaxed), 5);
+    }
+
+    #[tokio::test]
+    async fn changed_file_closes_connection() {
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, &[b'a'; 70_000]).unwrap();
+        let read = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Made for an older version of the file.
+        let (response, _) = whole_file_response(file, 70_000, &read, Some((1, 0)));
+
+        let (keep_alive, received) = sent_on_socket(response).await;
+
+        assert!(!keep_alive);
+        assert!(received.ends_with(&[b'a'; 70_000]));
     }
 
     /// A body far larger than the socket buffers on both ends.

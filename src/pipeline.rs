@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 use crate::access_log::{self, AccessRecord, Answer, Target};
 use crate::app::App;
 use crate::auth::{self, Decision};
-use crate::body::{self, Body, RequestBody};
+use crate::body::{self, Body, RequestBody, WholeFile};
 use crate::bots;
 use crate::canonical;
 use crate::cgi;
@@ -114,8 +114,17 @@ pub fn handle(
             .insert(X_REQUEST_ID, context.request_id.clone());
         let status = response.status().as_u16();
         let (parts, body) = response.into_parts();
-        let body =
-            access_log::log_on_completion(body, context.record, status, (activity, in_flight));
+        let sent_elsewhere = parts
+            .extensions
+            .get::<WholeFile>()
+            .map(|whole_file| whole_file.sent.clone());
+        let body = access_log::log_on_completion(
+            body,
+            context.record,
+            status,
+            sent_elsewhere,
+            (activity, in_flight),
+        );
         Response::from_parts(parts, body)
     }
 }

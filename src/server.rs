@@ -195,6 +195,12 @@ pub async fn serve(
         };
         accept_failures.recovered(address);
         let _ = stream.set_nodelay(true);
+        // Responses wait in the socket's buffer only up to this many bytes
+        // not yet sent; beyond that a write waits. The buffer would
+        // otherwise grow to megabytes, and the kernel reports room in it
+        // only once a third of it is free, so a client reading slowly but
+        // steadily would look stalled to the send timeout.
+        let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(UNSENT_LIMIT);
         let connection = Connection {
             peer: normalize(peer),
             tls: tls.is_some(),
@@ -423,19 +429,24 @@ impl Accepted {
                 conn.await
             }
         };
-        match result.map_err(Into::into) {
-            Ok(()) => {}
-            Err(error) if connection::is_send_timeout(&*error) => {
-                info!(peer = %connection.peer, error = %error, "closing a connection whose client stopped reading");
-            }
-            Err(error) => {
-                debug!(peer = %connection.peer, error = %error, "connection ended with an error");
+        if let Err(error) = result.map_err(Into::into) {
+            match connection::send_timeout_cause(&*error) {
+                Some(cause) => {
+                    info!(peer = %connection.peer, error = %cause, "closing a connection whose client stopped reading");
+                }
+                None => {
+                    debug!(peer = %connection.peer, error = %error, "connection ended with an error");
+                }
             }
         }
         drop(permit);
         drop(guard);
     }
 }
+
+/// Bytes of response a client socket keeps queued before they go out
+/// (`TCP_NOTSENT_LOWAT`).
+const UNSENT_LIMIT: u32 = 128 * 1024;
 
 /// Wait before accepting again after a failed accept.
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(50);

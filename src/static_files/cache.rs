@@ -13,7 +13,9 @@
 //!
 //! The `stat` runs on the runtime thread: it is one system call on a path
 //! the kernel resolved a moment ago, cheaper than a trip to the blocking
-//! pool.
+//! pool. A hit on a file of [`SEND_FILE_MIN_BYTES`] or more opens the file
+//! there instead and checks the open handle, which the lean HTTP/1 server
+//! then sends with `sendfile`.
 
 use std::collections::HashMap;
 use std::fs::{File, Metadata};
@@ -34,9 +36,9 @@ pub(super) const FRESH_FOR: Duration = Duration::from_secs(1);
 /// app's JavaScript and CSS bundles (an estimate of their size), so they
 /// are written from memory rather than read in chunks each time.
 pub(super) const MAX_FILE_BYTES: usize = 1024 * 1024;
-/// Files at least this large are also kept open, and a hit on one is
-/// marked for `sendfile` ([`WholeFile`]). Below it a copy costs less than
-/// the extra system call.
+/// A hit on a file at least this large opens the file, and the response
+/// is marked for `sendfile` ([`WholeFile`]). Below it a copy costs less
+/// than the extra system calls.
 pub(super) const SEND_FILE_MIN_BYTES: u64 = 64 * 1024;
 /// The bodies kept, all entries together. When a new body does not fit,
 /// expired entries go first, then the oldest.
@@ -53,6 +55,11 @@ pub(super) struct Fingerprint {
 }
 
 impl Fingerprint {
+    /// Returns the change time, which every write and truncation moves.
+    pub(super) fn modified(&self) -> (i64, i64) {
+        self.ctime
+    }
+
     pub(super) fn of(metadata: &Metadata) -> Fingerprint {
         Fingerprint {
             dev: metadata.dev(),
@@ -69,8 +76,6 @@ impl Fingerprint {
 pub(super) struct Served {
     pub(super) path: PathBuf,
     pub(super) fingerprint: Fingerprint,
-    /// The handle itself, for files of [`SEND_FILE_MIN_BYTES`] or more.
-    pub(super) file: Option<Arc<File>>,
 }
 
 #[derive(Debug)]
@@ -79,10 +84,6 @@ struct Entry {
     fingerprint: Fingerprint,
     headers: HeaderMap,
     body: Bytes,
-    /// The file whose contents `body` holds, open for `sendfile`. The
-    /// `stat` check before each hit makes sure the path still names it,
-    /// unchanged.
-    file: Option<Arc<File>>,
     loaded: Instant,
 }
 
@@ -149,7 +150,18 @@ impl FileCache {
             self.forget(path, &entry);
             return None;
         }
-        let current = std::fs::metadata(&entry.served).ok();
+        // A large file is opened, so that the version checked is the one
+        // sent; the handle closes with the response. Holding handles in
+        // the cache would keep deleted files on disk.
+        let send_file = !head && entry.body.len() as u64 >= SEND_FILE_MIN_BYTES;
+        let (current, file) = if send_file {
+            match File::open(&entry.served) {
+                Ok(file) => (file.metadata().ok(), Some(file)),
+                Err(_) => (None, None),
+            }
+        } else {
+            (std::fs::metadata(&entry.served).ok(), None)
+        };
         if current.is_none_or(|current| Fingerprint::of(&current) != entry.fingerprint) {
             self.forget(path, &entry);
             return None;
@@ -162,8 +174,11 @@ impl FileCache {
             body::full(entry.body.clone())
         });
         *response.headers_mut() = entry.headers.clone();
-        if let (false, Some(file)) = (head, &entry.file) {
-            response.extensions_mut().insert(WholeFile(file.clone()));
+        if let Some(file) = file {
+            let modified = entry.fingerprint.modified();
+            response
+                .extensions_mut()
+                .insert(WholeFile::new(file, &entry.served, modified));
         }
         Some(response)
     }
@@ -190,7 +205,6 @@ impl FileCache {
             fingerprint: served.fingerprint,
             headers: headers.clone(),
             body: body.clone(),
-            file: served.file,
             loaded: Instant::now(),
         });
         let mut state = self.write();

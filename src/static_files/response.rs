@@ -5,7 +5,6 @@ use std::fs::{File, Metadata};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -149,12 +148,6 @@ impl Representation {
         (!self.vary).then(|| Served {
             path: self.requested.clone(),
             fingerprint: Fingerprint::of(&self.opened.metadata),
-            // A second handle on the open file (`dup`), as the response
-            // reads the first: one system call per full lookup, none per
-            // cache hit.
-            file: (self.opened.metadata.len() >= cache::SEND_FILE_MIN_BYTES)
-                .then(|| self.opened.file.try_clone().ok().map(Arc::new))
-                .flatten(),
         })
     }
 }
