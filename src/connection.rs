@@ -18,10 +18,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::task::AtomicWaker;
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
+
+use crate::body::{Body, BoxError};
 
 /// Waits up to `timeout` for the client's first byte and returns it,
 /// left unread. `None` when none came (or the peer closed), and the
@@ -43,6 +47,12 @@ pub struct Activity {
     in_flight: AtomicUsize,
     /// Whether a request has started on this connection.
     served: AtomicBool,
+    /// Response bodies whose last frame the connection took and that it
+    /// has not yet asked for the next one.
+    bodies_waiting: AtomicUsize,
+    /// Frames asked of response bodies so far, compared between the wakes
+    /// of [`watch_stalled_bodies`].
+    body_polls: AtomicU64,
 }
 
 impl Activity {
@@ -52,6 +62,8 @@ impl Activity {
             last_traffic_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             served: AtomicBool::new(false),
+            bodies_waiting: AtomicUsize::new(0),
+            body_polls: AtomicU64::new(0),
         })
     }
 
@@ -127,6 +139,88 @@ pub async fn watch_first_request(activity: Arc<Activity>, timeout: Option<Durati
     std::future::pending().await
 }
 
+/// Resolves when a response body of the connection has waited for the
+/// connection to take its next frame for at least `timeout` (and less
+/// than twice that), with no frame taken from any body meanwhile. On
+/// HTTP/2 that is a client that stopped granting flow-control window: the
+/// connection then writes nothing, so the send timeout of its writes does
+/// not see it. A zero timeout never resolves.
+pub async fn watch_stalled_bodies(activity: Arc<Activity>, timeout: Duration) {
+    if timeout.is_zero() {
+        return std::future::pending().await;
+    }
+    let mut polls = activity.body_polls.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(timeout).await;
+        let now = activity.body_polls.load(Ordering::Relaxed);
+        if now == polls && activity.bodies_waiting.load(Ordering::Relaxed) > 0 {
+            return;
+        }
+        polls = now;
+    }
+}
+
+/// A response body of a connection served by hyper, counted in the
+/// connection's [`Activity`] for [`watch_stalled_bodies`]. Counting needs
+/// no clock: the watch compares the number of polls between its wakes.
+pub struct WatchedBody {
+    inner: Body,
+    activity: Arc<Activity>,
+    /// Whether the last poll yielded a frame, so the body waits for the
+    /// connection to ask for the next.
+    waiting: bool,
+}
+
+impl WatchedBody {
+    pub fn new(inner: Body, activity: Arc<Activity>) -> WatchedBody {
+        WatchedBody {
+            inner,
+            activity,
+            waiting: false,
+        }
+    }
+
+    fn stop_waiting(&mut self) {
+        if std::mem::take(&mut self.waiting) {
+            self.activity.bodies_waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl HttpBody for WatchedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        this.activity.body_polls.fetch_add(1, Ordering::Relaxed);
+        this.stop_waiting();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            this.waiting = true;
+            this.activity.bodies_waiting.fetch_add(1, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for WatchedBody {
+    fn drop(&mut self) {
+        self.stop_waiting();
+    }
+}
+
 /// A future polled only when its own waker fired, beside a busier one in
 /// the same task. A connection's task is polled a few times per request;
 /// its watchers (shutdown signal, idle timer) need a poll only when their
@@ -189,8 +283,9 @@ impl<F: Future + Unpin> Future for OnWake<F> {
 /// `send_timeout`, so a slow client that keeps reading is not cut off.
 /// Only a write that has to wait reads the clock.
 ///
-/// NOTE: an HTTP/2 stream that waits for the client to grant
-/// flow-control window makes no write, so this timeout does not see it.
+/// An HTTP/2 stream that waits for the client to grant flow-control
+/// window makes no write, so this timeout does not see it;
+/// [`watch_stalled_bodies`] does.
 #[derive(Debug)]
 pub struct SendTimeout {
     limit: Duration,
@@ -427,5 +522,33 @@ mod tests {
             .unwrap();
         drop(io);
         assert_eq!(reader.await.unwrap(), 16 * 1024);
+    }
+
+    #[test]
+    fn watched_body_waits_until_asked_again() {
+        let activity = Activity::new();
+        let mut body = WatchedBody::new(crate::body::full("abc"), activity.clone());
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(
+            Pin::new(&mut body).poll_frame(&mut cx),
+            Poll::Ready(Some(Ok(_)))
+        ));
+        assert_eq!(activity.bodies_waiting.load(Ordering::Relaxed), 1);
+        assert!(matches!(
+            Pin::new(&mut body).poll_frame(&mut cx),
+            Poll::Ready(None)
+        ));
+        assert_eq!(activity.bodies_waiting.load(Ordering::Relaxed), 0);
+        assert_eq!(activity.body_polls.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn dropped_body_stops_waiting() {
+        let activity = Activity::new();
+        let mut body = WatchedBody::new(crate::body::full("abc"), activity.clone());
+        let mut cx = Context::from_waker(Waker::noop());
+        let _ = Pin::new(&mut body).poll_frame(&mut cx);
+        drop(body);
+        assert_eq!(activity.bodies_waiting.load(Ordering::Relaxed), 0);
     }
 }

@@ -312,6 +312,9 @@ struct RequestService {
     app: Arc<App>,
     connection: Connection,
     activity: Arc<connection::Activity>,
+    /// Whether response bodies are watched for a client that stopped
+    /// taking them (the send timeout is set).
+    watch_bodies: bool,
 }
 
 impl Service<Request<Incoming>> for RequestService {
@@ -327,7 +330,16 @@ impl Service<Request<Incoming>> for RequestService {
         // connection is open. Boxed, an idle keep-alive connection keeps
         // a pointer instead of the whole pipeline's state.
         let request = request.map(RequestBody::Streamed);
-        Box::pin(async move { Ok(pipeline::handle(&app, connection, request, in_flight).await) })
+        let watched = self.watch_bodies.then(|| self.activity.clone());
+        Box::pin(async move {
+            let response = pipeline::handle(&app, connection, request, in_flight).await;
+            Ok(match watched {
+                Some(activity) => response.map(|body| {
+                    http_body_util::BodyExt::boxed(connection::WatchedBody::new(body, activity))
+                }),
+                None => response,
+            })
+        })
     }
 }
 
@@ -396,6 +408,7 @@ impl Accepted {
             app,
             connection,
             activity: activity.clone(),
+            watch_bodies: !lean.send_timeout.is_zero(),
         };
         let io = TokioIo::new(connection::TrackedIo::new(
             stream,
@@ -408,26 +421,53 @@ impl Accepted {
         // not on every poll of the connection.
         let watchers = std::pin::pin!(async {
             tokio::select! {
-                _ = stopped(&mut closing) => {}
+                _ = stopped(&mut closing) => Watched::Shutdown,
                 _ = connection::watch_idle(activity.clone(), idle_timeout) => {
                     debug!(peer = %connection.peer, idle_secs = idle_timeout.as_secs(), "closing an idle connection");
+                    Watched::Idle
                 }
-                _ = connection::watch_first_request(activity, first_request) => {
+                _ = connection::watch_first_request(activity.clone(), first_request) => {
                     debug!(peer = %connection.peer, "no request within the header read timeout; closing");
+                    Watched::Idle
+                }
+                _ = connection::watch_stalled_bodies(activity, lean.send_timeout) => {
+                    info!(
+                        peer = %connection.peer,
+                        send_timeout_secs = lean.send_timeout.as_secs_f64(),
+                        "closing a connection whose client stopped reading: a response waited for it to take data (HTTP/2 flow control)"
+                    );
+                    Watched::Stalled
                 }
             }
         });
         let finished = tokio::select! {
             biased;
-            result = conn.as_mut() => Some(result),
-            _ = connection::OnWake::new(watchers) => None,
+            result = conn.as_mut() => Ok(result),
+            watched = connection::OnWake::new(watchers) => Err(watched),
         };
         let result = match finished {
-            Some(result) => result,
-            None => {
+            Ok(result) => result,
+            Err(Watched::Shutdown) => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
+            // No request is in flight, but an HTTP/2 stream whose client
+            // grants no window keeps its response's last data in hyper's
+            // buffers, and a graceful shutdown waits for it to go out.
+            Err(Watched::Idle) => {
+                conn.as_mut().graceful_shutdown();
+                match tokio::time::timeout(IDLE_CLOSE_GRACE, conn.as_mut()).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        info!(peer = %connection.peer, "closing an idle connection whose client did not take its last response");
+                        Ok(())
+                    }
+                }
+            }
+            // The stalled response would never finish, so a graceful
+            // shutdown would wait for good. Dropping the connection
+            // closes the socket.
+            Err(Watched::Stalled) => Ok(()),
         };
         if let Err(error) = result.map_err(Into::into) {
             match connection::send_timeout_cause(&*error) {
@@ -447,6 +487,21 @@ impl Accepted {
 /// Bytes of response a client socket keeps queued before they go out
 /// (`TCP_NOTSENT_LOWAT`).
 const UNSENT_LIMIT: u32 = 128 * 1024;
+
+/// Why a watcher ends a connection, which decides how.
+enum Watched {
+    /// navigator shuts down: the requests in flight finish first.
+    Shutdown,
+    /// No request in flight: the connection ends gracefully, for at most
+    /// [`IDLE_CLOSE_GRACE`].
+    Idle,
+    /// A response waits for a client that takes nothing: the connection
+    /// closes at once.
+    Stalled,
+}
+
+/// How long an idle connection may take to end gracefully.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Wait before accepting again after a failed accept.
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(50);

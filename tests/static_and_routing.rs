@@ -363,3 +363,76 @@ fn stalled_client_released() {
     );
     drop(stream);
 }
+
+/// Starts navigator with `limits` and a file of `size` bytes at
+/// `/showcase/bundle.js`, requests it over HTTP/2 with a client that
+/// never reads the body (so it grants no more flow-control window), and
+/// returns whether navigator closed the connection within 20 s.
+fn h2_client_stalls(limits: &str, size: usize) -> (Navigator, bool) {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let showcase = Showcase {
+        events: 1,
+        extra: format!("\n[server.limits]\n{limits}\n"),
+        ..Showcase::default()
+    };
+    let navigator = start_showcase(&showcase);
+    std::fs::write(navigator.path("public/bundle.js"), vec![b'x'; size]).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let closed = runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(navigator.address)
+            .await
+            .unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .initial_stream_window_size(65_535)
+                .initial_connection_window_size(65_535)
+                .handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
+        let connection = tokio::spawn(connection);
+        let request =
+            http::Request::get(format!("http://{}/showcase/bundle.js", navigator.address))
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let closed = tokio::time::timeout(Duration::from_secs(20), connection).await;
+        drop(response);
+        closed.is_ok()
+    });
+    (navigator, closed)
+}
+
+/// A body streamed in chunks waits for the next window: navigator writes
+/// nothing meanwhile, so the stall is seen on the body.
+#[test]
+fn stalled_h2_stream_released() {
+    let (navigator, closed) = h2_client_stalls("send_timeout = \"1s\"", 3 << 20);
+    assert!(closed, "the connection stayed open");
+    assert!(
+        navigator
+            .logs
+            .wait_for("client stopped reading", Duration::from_secs(5))
+            .is_some()
+    );
+}
+
+/// A body of one frame is handed to hyper whole, and the request ends
+/// while its data waits in hyper's buffers. The idle timeout then ends
+/// the connection, though the graceful close never completes.
+#[test]
+fn stalled_h2_buffer_released() {
+    let (navigator, closed) = h2_client_stalls("idle_connection_timeout = \"1s\"", 300_000);
+    assert!(closed, "the connection stayed open");
+    assert!(
+        navigator
+            .logs
+            .wait_for("did not take its last response", Duration::from_secs(5))
+            .is_some()
+    );
+}
