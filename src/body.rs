@@ -1,6 +1,7 @@
 //! The response body type shared by every handler.
 
-use std::fs::File;
+use std::fs::{File, Metadata};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -33,23 +34,37 @@ pub struct WholeFile {
     pub file: Arc<File>,
     /// For log lines.
     pub path: Arc<Path>,
-    /// The file's version when the response was made, to notice a change
-    /// while it is sent.
-    pub modified: (i64, i64),
+    /// The file's change time when the response was made, to notice a
+    /// change while it is sent.
+    pub change_time: (i64, i64),
     /// Bytes sent from the file, which the access record adds to those
     /// read from the body.
     pub sent: Arc<AtomicU64>,
 }
 
 impl WholeFile {
-    pub fn new(file: File, path: &Path, modified: (i64, i64)) -> WholeFile {
+    pub fn new(file: File, path: &Path, change_time: (i64, i64)) -> WholeFile {
         WholeFile {
             file: Arc::new(file),
             path: Arc::from(path),
-            modified,
+            change_time,
             sent: Arc::new(AtomicU64::new(0)),
         }
     }
+
+    /// Returns whether the file's change time is still the one the
+    /// response was made for. A failed `fstat` counts as a change.
+    pub fn is_unchanged(&self) -> bool {
+        self.file
+            .metadata()
+            .is_ok_and(|metadata| change_time(&metadata) == self.change_time)
+    }
+}
+
+/// Returns a file's change time (seconds and nanoseconds), which every
+/// write and truncation moves.
+pub fn change_time(metadata: &Metadata) -> (i64, i64) {
+    (metadata.ctime(), metadata.ctime_nsec())
 }
 
 /// Returns a body with no data.

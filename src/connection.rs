@@ -294,7 +294,7 @@ pub struct SendTimeout {
 }
 
 impl SendTimeout {
-    /// A zero `limit` waits without end.
+    /// Returns a timeout of `limit`; zero waits without end.
     pub fn new(limit: Duration) -> SendTimeout {
         SendTimeout {
             limit,

@@ -14,7 +14,6 @@
 use std::fs::File;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
-use std::os::unix::fs::MetadataExt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -468,9 +467,9 @@ async fn write_response<W: Sink>(
     }
     if let (Framing::Length(length), Some(whole_file)) = (framing, whole_file) {
         if stream.sends_files() {
-            // The body holds the same bytes and is dropped unread once the
-            // file has been sent (or the send failed): the access record,
-            // written then, counts what `send_file` sent.
+            // The body contains the same bytes. It is dropped unread once
+            // the file has been sent or the send failed, so the access
+            // record, written then, counts what `send_file` sent.
             stream.write_all(output).await?;
             let sent = send_file(stream, &whole_file, length).await?;
             drop(body);
@@ -591,7 +590,7 @@ async fn send_file<W: Sink>(
 
 /// Returns whether the client got the file as its headers describe it:
 /// all of it, unchanged while it was sent. A file changed in place (not
-/// replaced) during the send may have reached the client mixed; the
+/// replaced) during the send may have reached the client mixed. The
 /// connection then closes, so that the client does not reuse it, and the
 /// change is logged.
 fn whole_file_intact(whole_file: &WholeFile, sent: u64, length: u64) -> bool {
@@ -604,12 +603,7 @@ fn whole_file_intact(whole_file: &WholeFile, sent: u64, length: u64) -> bool {
         );
         return false;
     }
-    let changed = whole_file
-        .file
-        .metadata()
-        .map(|metadata| (metadata.ctime(), metadata.ctime_nsec()) != whole_file.modified)
-        .unwrap_or(true);
-    if changed {
+    if !whole_file.is_unchanged() {
         warn!(
             path = %whole_file.path.display(),
             length,
@@ -620,9 +614,9 @@ fn whole_file_intact(whole_file: &WholeFile, sent: u64, length: u64) -> bool {
     true
 }
 
-/// Where the lean server writes a response.
+/// The destination of the lean server's responses.
 trait Sink: AsyncWrite + Unpin {
-    /// Whether [`Sink::poll_send_file`] works here.
+    /// Returns whether [`Sink::poll_send_file`] works here.
     fn sends_files(&self) -> bool {
         false
     }
@@ -1240,8 +1234,8 @@ mod tests {
 
     impl Sink for tokio::io::DuplexStream {}
 
-    /// A connected pair of loopback sockets: navigator's end and the
-    /// client's.
+    /// Returns a connected pair of loopback sockets: navigator's end and
+    /// the client's.
     async fn socket_pair() -> (TcpStream, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap());
@@ -1249,7 +1243,7 @@ mod tests {
         (accepted.unwrap().0, client.unwrap())
     }
 
-    /// A body of `data` that notes when its frame is read.
+    /// Returns a body of `data` that notes when its frame is read.
     fn noting_body(data: Vec<u8>, read: &Arc<std::sync::atomic::AtomicBool>) -> Body {
         let read = read.clone();
         let frames =
@@ -1260,19 +1254,19 @@ mod tests {
         StreamBody::new(frames).boxed()
     }
 
-    /// A response that marks `file` as its whole body, with a body of the
-    /// same length that holds other bytes, so the client shows which went
-    /// out. `modified` is the version the response was made for: the
-    /// file's own, unless a test says otherwise.
+    /// Returns a response that marks `file` as its whole body, with a body
+    /// of the same length but other bytes, so the client shows which went
+    /// out. `change_time` is the version the response was made for: the
+    /// file's own, unless a test gives another.
     fn whole_file_response(
         file: std::fs::File,
         length: usize,
         read: &Arc<std::sync::atomic::AtomicBool>,
-        modified: Option<(i64, i64)>,
+        change_time: Option<(i64, i64)>,
     ) -> (Response<Body>, WholeFile) {
         let metadata = file.metadata().unwrap();
-        let modified = modified.unwrap_or((metadata.ctime(), metadata.ctime_nsec()));
-        let whole_file = WholeFile::new(file, std::path::Path::new("bundle.js"), modified);
+        let change_time = change_time.unwrap_or(crate::body::change_time(&metadata));
+        let whole_file = WholeFile::new(file, std::path::Path::new("bundle.js"), change_time);
         let mut response = Response::new(noting_body(vec![b'-'; length], read));
         response
             .headers_mut()
@@ -1362,7 +1356,8 @@ mod tests {
         assert!(received.ends_with(&[b'a'; 70_000]));
     }
 
-    /// A body far larger than the socket buffers on both ends.
+    /// Returns a response whose body is far larger than the socket buffers
+    /// on both ends.
     fn large_body() -> Response<Body> {
         Response::new(crate::body::full(vec![b'x'; 64 << 20]))
     }

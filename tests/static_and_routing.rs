@@ -339,12 +339,14 @@ fn stalled_client_released() {
     // Larger than the socket buffers of both ends together.
     let size = 48 << 20;
     std::fs::write(navigator.path("public/large.bin"), vec![b'x'; size]).unwrap();
+
     let mut stream = std::net::TcpStream::connect(navigator.address).unwrap();
     std::io::Write::write_all(
         &mut stream,
         b"GET /showcase/large.bin HTTP/1.1\r\nHost: localhost\r\n\r\n",
     )
     .unwrap();
+
     // The client reads nothing. navigator gives up on the response and
     // writes its access record with the bytes that went out.
     let line = navigator
@@ -365,9 +367,9 @@ fn stalled_client_released() {
 }
 
 /// Starts navigator with `limits` and a file of `size` bytes at
-/// `/showcase/bundle.js`, requests it over HTTP/2 with a client that
-/// never reads the body (so it grants no more flow-control window), and
-/// returns whether navigator closed the connection within 20 s.
+/// `/showcase/bundle.js`, and requests it over HTTP/2. The client never
+/// reads the body, so it grants no more flow-control window. Returns
+/// whether navigator closed the connection within 20 s.
 fn h2_client_stalls(limits: &str, size: usize) -> (Navigator, bool) {
     use http_body_util::Empty;
     use hyper_util::rt::{TokioExecutor, TokioIo};

@@ -55,8 +55,7 @@ pub(super) struct Fingerprint {
 }
 
 impl Fingerprint {
-    /// Returns the change time, which every write and truncation moves.
-    pub(super) fn modified(&self) -> (i64, i64) {
+    pub(super) fn change_time(&self) -> (i64, i64) {
         self.ctime
     }
 
@@ -66,7 +65,7 @@ impl Fingerprint {
             ino: metadata.ino(),
             len: metadata.len(),
             mtime: (metadata.mtime(), metadata.mtime_nsec()),
-            ctime: (metadata.ctime(), metadata.ctime_nsec()),
+            ctime: body::change_time(metadata),
         }
     }
 }
@@ -175,10 +174,10 @@ impl FileCache {
         });
         *response.headers_mut() = entry.headers.clone();
         if let Some(file) = file {
-            let modified = entry.fingerprint.modified();
+            let change_time = entry.fingerprint.change_time();
             response
                 .extensions_mut()
-                .insert(WholeFile::new(file, &entry.served, modified));
+                .insert(WholeFile::new(file, &entry.served, change_time));
         }
         Some(response)
     }
